@@ -1,0 +1,69 @@
+"""build_optimizer: the one place where a TrialConfig becomes a torch optimizer.
+
+Choices (documented in docs/readme/studies.md):
+- adam, adamw: torch's own (AdamW's weight decay is decoupled; Adam's is L2 in the gradient).
+- adamod: adamod.AdaMod with the config's beta3 and track_bounds=True.
+- diffmod: adamod.DiffMod with len_memory = round(1 / (1 - beta3)) (at least 1), version 0,
+  track_bounds=True; beta3 is the grid axis for both bounded optimizers.
+- sgd: torch SGD with heavy-ball momentum 0.9 (the usual CIFAR setting), no Nesterov; weight
+  decay as L2. betas and eps are not used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+
+from studies.spec import TrialConfig
+
+__all__ = ["SGD_MOMENTUM", "build_optimizer", "diffmod_len_memory"]
+
+SGD_MOMENTUM = 0.9
+
+
+def diffmod_len_memory(beta3: float) -> int:
+    """DiffMod's memory length for a given β3 (β3 = 1 - 1/len_memory)."""
+    if not 0.0 <= beta3 < 1.0:
+        raise ValueError(f"beta3 must be in [0, 1), got {beta3}")
+    return max(1, round(1.0 / (1.0 - beta3)))
+
+
+def build_optimizer(config: TrialConfig, params: Iterable[Any]) -> torch.optim.Optimizer:
+    """The optimizer a trial trains with, built from its config."""
+    name = config.optimizer
+    common = {"lr": config.lr, "weight_decay": config.weight_decay}
+    if name == "adam":
+        return torch.optim.Adam(params, betas=config.betas, eps=config.eps, **common)
+    if name == "adamw":
+        return torch.optim.AdamW(params, betas=config.betas, eps=config.eps, **common)
+    if name == "sgd":
+        return torch.optim.SGD(params, momentum=SGD_MOMENTUM, **common)
+    if name in ("adamod", "diffmod"):
+        if config.beta3 is None:
+            raise ValueError(f"optimizer {name!r} needs beta3")
+        try:
+            from adamod import AdaMod, DiffMod
+        except ImportError as exc:  # the adamod package is part of this project
+            raise ImportError(f"optimizer {name!r} needs the adamod package: {exc}") from exc
+        if name == "adamod":
+            return AdaMod(
+                params,
+                betas=config.betas,
+                beta3=config.beta3,
+                eps=config.eps,
+                track_bounds=True,
+                **common,
+            )
+        return DiffMod(
+            params,
+            betas=config.betas,
+            len_memory=diffmod_len_memory(config.beta3),
+            eps=config.eps,
+            track_bounds=True,
+            **common,
+        )
+    raise ValueError(
+        f"unknown optimizer {name!r}; expected one of adam, adamw, adamod, diffmod, sgd"
+    )

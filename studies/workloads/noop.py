@@ -1,0 +1,90 @@
+"""`noop`: one scalar parameter and an optional sleep per step, for queue tests and benchmarks."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor, nn
+
+from studies.spec import Budget
+from studies.workloads.base import Problem, Workload
+
+__all__ = ["WORKLOAD", "NoopConfig"]
+
+
+class NoopConfig(BaseModel):
+    """How long a noop trial lasts and, for failure-path tests, where it breaks."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    steps_per_epoch: int = Field(default=10, ge=1, le=10_000_000)
+    sleep_s: float = Field(default=0.0, ge=0.0, le=3600.0, description="sleep per training step")
+    eval_every: int | None = Field(
+        default=None, ge=1, description="steps between evaluations (default: once per epoch)"
+    )
+    fail_at_step: int | None = Field(
+        default=None, ge=1, description="raise RuntimeError at this step (tests the failure path)"
+    )
+    diverge_at_step: int | None = Field(
+        default=None, ge=1, description="return a NaN loss at this step (tests divergence)"
+    )
+
+
+class _Scalar(nn.Module):
+    """One trainable number."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.p = nn.Parameter(torch.zeros(1))
+
+
+def _build(config: NoopConfig, seed: int, device: torch.device) -> Problem:
+    model = _Scalar().to(device)
+    target = 1.0 + 0.01 * seed  # seeds differ a little, so results are not all identical
+    counter = {"step": 0}
+
+    def loss_fn(m: nn.Module, _batch: Any) -> Tensor:
+        counter["step"] += 1
+        if config.sleep_s:
+            time.sleep(config.sleep_s)
+        if config.fail_at_step is not None and counter["step"] == config.fail_at_step:
+            raise RuntimeError(f"noop workload: failing on purpose at step {counter['step']}")
+        loss = ((m.p - target) ** 2).sum()
+        if config.diverge_at_step is not None and counter["step"] >= config.diverge_at_step:
+            loss = loss * float("nan")
+        return loss
+
+    def evaluate(m: nn.Module) -> dict[str, float]:
+        with torch.no_grad():
+            return {"loss": float(((m.p - target) ** 2).sum())}
+
+    def train_batches(_epoch: int) -> range:
+        return range(config.steps_per_epoch)
+
+    return Problem(
+        model=model,
+        train_batches=train_batches,
+        loss_fn=loss_fn,
+        evaluate=evaluate,
+        steps_per_epoch=config.steps_per_epoch,
+        eval_every=config.eval_every or config.steps_per_epoch,
+    )
+
+
+def _build_any(config: Any, seed: int, device: torch.device) -> Problem:
+    return _build(config, seed, device)
+
+
+WORKLOAD = Workload(
+    name="noop",
+    description=(
+        "One scalar parameter pulled towards 1; `sleep_s` per step sets the trial length. "
+        "For queue tests and benchmarks, not for science."
+    ),
+    config_model=NoopConfig,
+    default_budget=Budget(epochs=1),
+    build=_build_any,
+)
