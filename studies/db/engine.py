@@ -1,0 +1,193 @@
+"""The database handle: one SQLAlchemy engine per URL, sessions, programmatic Alembic migrations.
+
+SQLite is the embedded default (WAL, busy timeout, foreign keys, explicit BEGIN so that writers can
+take the lock up front with BEGIN IMMEDIATE); PostgreSQL is reached through psycopg 3.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+__all__ = [
+    "DEFAULT_DATABASE_URL",
+    "ENV_DATABASE_URL",
+    "VERSION_TABLE",
+    "Database",
+    "database_url_from_env",
+    "normalize_database_url",
+]
+
+ENV_DATABASE_URL = "ADAMOD_LAB_DATABASE_URL"
+DEFAULT_DATABASE_URL = "sqlite:///./adamod_lab.db"
+# Optuna's RDBStorage keeps its own "alembic_version" table in the same database.
+VERSION_TABLE = "adamod_lab_alembic_version"
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+# Any constant works; it only has to be the same for every process migrating the same database.
+_MIGRATION_LOCK_KEY = 0x4144414D4F44
+
+
+def database_url_from_env() -> str:
+    """The database URL from ADAMOD_LAB_DATABASE_URL, or a SQLite file in the working directory."""
+    return os.environ.get(ENV_DATABASE_URL) or DEFAULT_DATABASE_URL
+
+
+def normalize_database_url(url: str) -> str:
+    """Maps `postgres://` and `postgresql://` to psycopg 3; raises ValueError for other backends."""
+    if not isinstance(url, str) or not url.strip():
+        raise ValueError("database url: must be a non-empty string")
+    url = url.strip()
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    try:
+        parsed = make_url(url)
+    except Exception as exc:
+        raise ValueError(f"database url: cannot parse {url!r}: {exc}") from None
+    if parsed.drivername not in ("sqlite", "sqlite+pysqlite", "postgresql+psycopg"):
+        raise ValueError(
+            f"database url: unsupported backend {parsed.drivername!r} "
+            "(use sqlite:///FILE or postgresql://USER@HOST/DB)"
+        )
+    return url
+
+
+def _json_default(value: Any) -> Any:
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def json_dumps(value: Any) -> str:
+    """Strict JSON for the database: non-finite floats are a bug here (PostgreSQL rejects them)."""
+    return json.dumps(value, allow_nan=False, separators=(",", ":"), default=_json_default)
+
+
+def finite_or_none(value: float | None) -> float | None:
+    """A float that JSON and SQL can store: NaN and infinities become None."""
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+class Database:
+    """One database (SQLite file or PostgreSQL) with its engine, sessions and migrations."""
+
+    def __init__(self, url: str) -> None:
+        self.url = normalize_database_url(url)
+        backend = make_url(self.url).get_backend_name()
+        self.is_sqlite = backend == "sqlite"
+        self.is_postgres = backend == "postgresql"
+        if self.is_sqlite:
+            self._make_sqlite_directory()
+            self.engine: Engine = create_engine(
+                self.url,
+                json_serializer=json_dumps,
+                # Sessions may be used from the worker's heartbeat thread.
+                connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+            )
+            _configure_sqlite(self.engine)
+        else:
+            self.engine = create_engine(
+                self.url,
+                json_serializer=json_dumps,
+                # A restarted server leaves dead connections in the pool: test them before use.
+                pool_pre_ping=True,
+                pool_size=5,
+                max_overflow=5,
+                connect_args={"connect_timeout": 10},
+            )
+        # Writers on SQLite take the write lock when the transaction begins; reading first and
+        # upgrading later can fail at once with SQLITE_BUSY instead of waiting.
+        self._writer_bind = (
+            self.engine.execution_options(sqlite_begin="BEGIN IMMEDIATE")
+            if self.is_sqlite
+            else self.engine
+        )
+        self._sessions = sessionmaker(bind=self._writer_bind, expire_on_commit=False)
+        self._read_sessions = sessionmaker(bind=self.engine, expire_on_commit=False)
+
+    def _make_sqlite_directory(self) -> None:
+        database = make_url(self.url).database
+        if database and database != ":memory:" and not database.startswith("file:"):
+            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+
+    def __repr__(self) -> str:
+        return f"Database({make_url(self.url).render_as_string(hide_password=True)!r})"
+
+    @contextmanager
+    def session(self, *, readonly: bool = False) -> Iterator[Session]:
+        """A session in one transaction: committed on success, rolled back on any exception."""
+        factory = self._read_sessions if readonly else self._sessions
+        with factory() as session:
+            try:
+                yield session
+                if readonly:
+                    session.rollback()
+                else:
+                    session.commit()
+            except BaseException:
+                session.rollback()
+                raise
+
+    def migrate(self) -> None:
+        """Brings the schema to the newest Alembic revision, and creates Optuna's tables too.
+
+        Safe to call from many processes at once: PostgreSQL serializes them with an advisory
+        lock, SQLite with its write lock.
+        """
+        from studies.db.migrations import upgrade_head
+
+        with self._writer_bind.connect() as connection:
+            if self.is_postgres:
+                connection.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _MIGRATION_LOCK_KEY})
+                connection.commit()
+            try:
+                with connection.begin():
+                    upgrade_head(connection)
+                # Optuna creating its tables from two processes at once races on PostgreSQL's
+                # catalog; doing it here, under the same lock, makes start-up safe.
+                from studies.db.optuna_bridge import init_optuna_schema
+
+                init_optuna_schema(self.url)
+            finally:
+                if self.is_postgres:
+                    connection.execute(
+                        text("SELECT pg_advisory_unlock(:k)"), {"k": _MIGRATION_LOCK_KEY}
+                    )
+                    connection.commit()
+
+    def ping(self) -> None:
+        """Raises when the database cannot be reached (for health checks)."""
+        with self.engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+
+    def dispose(self) -> None:
+        """Closes every pooled connection (call before forking, or when done)."""
+        self.engine.dispose()
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy's "begin" event emit BEGIN itself (pysqlite's own handling defers it).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        # WAL with synchronous=NORMAL is durable across application crashes, and much faster.
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        connection.exec_driver_sql(connection.get_execution_options().get("sqlite_begin", "BEGIN"))

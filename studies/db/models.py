@@ -1,0 +1,171 @@
+"""Typed SQLAlchemy 2 ORM models: one row per study, one row per trial (grid point).
+
+Table names carry an `adamod_lab_` prefix because Optuna's own tables ("studies", "trials", ...)
+live in the same database.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+__all__ = [
+    "FINISHED_STATES",
+    "TERMINAL_STATES",
+    "TRIAL_STATES",
+    "Base",
+    "StudyRow",
+    "TrialRow",
+    "UtcDateTime",
+    "utcnow",
+]
+
+TRIAL_STATES = ("queued", "running", "completed", "diverged", "failed", "cancelled")
+TERMINAL_STATES = ("completed", "diverged", "failed", "cancelled")
+# The states recorded in the Optuna study.
+FINISHED_STATES = ("completed", "diverged", "failed")
+
+JsonType = JSON().with_variant(JSONB(), "postgresql")
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware UTC."""
+    return datetime.now(UTC)
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite stores them naive, in UTC)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    """Declarative base of AdaMod Lab's own tables."""
+
+
+class StudyRow(Base):
+    """A submitted study: its normalized spec; status and progress are derived from its trials."""
+
+    __tablename__ = "adamod_lab_studies"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(200))
+    workload: Mapped[str] = mapped_column(String(100))
+    spec: Mapped[dict[str, Any]] = mapped_column(JsonType)
+    spec_hash: Mapped[str] = mapped_column(String(64))
+    n_trials: Mapped[int] = mapped_column(Integer)
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    optuna_study_name: Mapped[str | None] = mapped_column(String(200))
+    cancelled: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    cancelled_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+
+    trials: Mapped[list[TrialRow]] = relationship(back_populates="study", passive_deletes=True)
+
+    __table_args__ = (Index("ix_adamod_lab_studies_created", "created_at"),)
+
+
+class TrialRow(Base):
+    """One grid point of a study: its config, queue state, lease, worker and result."""
+
+    __tablename__ = "adamod_lab_trials"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    study_id: Mapped[int] = mapped_column(
+        ForeignKey("adamod_lab_studies.id", ondelete="CASCADE"), index=False
+    )
+    number: Mapped[int] = mapped_column(Integer)
+    config: Mapped[dict[str, Any]] = mapped_column(JsonType)
+    config_key: Mapped[str] = mapped_column(String(64))
+    params: Mapped[dict[str, Any]] = mapped_column(JsonType)
+    # Copied from the study so that the claim query reads one index: priority, then FIFO by id.
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    state: Mapped[str] = mapped_column(String(16), default="queued")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    lease_token: Mapped[str | None] = mapped_column(String(32))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    worker_host: Mapped[str | None] = mapped_column(String(255))
+    worker_pid: Mapped[int | None] = mapped_column(Integer)
+    worker_device: Mapped[str | None] = mapped_column(String(64))
+    value: Mapped[float | None] = mapped_column(Float)
+    loss: Mapped[float | None] = mapped_column(Float)
+    loss0: Mapped[float | None] = mapped_column(Float)
+    accuracy: Mapped[float | None] = mapped_column(Float)
+    curve: Mapped[list[dict[str, Any]] | None] = mapped_column(JsonType)
+    bound_stats: Mapped[dict[str, Any] | None] = mapped_column(JsonType)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JsonType)
+    steps: Mapped[int | None] = mapped_column(Integer)
+    duration_s: Mapped[float | None] = mapped_column(Float)
+    error: Mapped[str | None] = mapped_column(Text)
+    optuna_trial_id: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    claimed_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+
+    study: Mapped[StudyRow] = relationship(back_populates="trials")
+
+    __table_args__ = (
+        UniqueConstraint("study_id", "config_key", name="uq_adamod_lab_trials_study_config"),
+        UniqueConstraint("study_id", "number", name="uq_adamod_lab_trials_study_number"),
+        # The claim query: the next queued trial by priority, then id.
+        Index(
+            "ix_adamod_lab_trials_claim",
+            text("priority DESC"),
+            "id",
+            postgresql_where=text("state = 'queued'"),
+            sqlite_where=text("state = 'queued'"),
+        ),
+        # Expired leases.
+        Index(
+            "ix_adamod_lab_trials_lease",
+            "lease_expires_at",
+            postgresql_where=text("state = 'running'"),
+            sqlite_where=text("state = 'running'"),
+        ),
+        # Finished trials not yet written to Optuna (normally none for long).
+        Index(
+            "ix_adamod_lab_trials_optuna_pending",
+            "finished_at",
+            postgresql_where=text(
+                "optuna_trial_id IS NULL AND state IN ('completed', 'diverged', 'failed')"
+            ),
+            sqlite_where=text(
+                "optuna_trial_id IS NULL AND state IN ('completed', 'diverged', 'failed')"
+            ),
+        ),
+        # Progress counts per study.
+        Index("ix_adamod_lab_trials_study_state", "study_id", "state"),
+    )
