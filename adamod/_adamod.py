@@ -1,0 +1,163 @@
+"""AdaMod: Adam whose per-element step size is bounded by its own exponential moving average."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from torch import Tensor
+from torch.optim.optimizer import ParamsT
+
+from adamod._base import BoundedAdamBase
+from adamod._telemetry import BoundTracker
+from adamod._update import bounded_update
+from adamod._validation import (
+    check_betas,
+    check_foreach_fused,
+    check_form,
+    check_non_negative,
+    check_unit_interval,
+)
+
+__all__ = ["AdaMod", "adamod"]
+
+
+class AdaMod(BoundedAdamBase):
+    r"""AdaMod optimizer (Ding, Ren, Luo, Sun 2019, arXiv:1910.12249).
+
+    Per element, with decoupled weight decay applied first (θ ← θ - lr·wd·θ) and s_0 = 0::
+
+        m_t = β1 m_{t-1} + (1-β1) g_t
+        v_t = β2 v_{t-1} + (1-β2) g_t²
+        η_t = lr · sqrt(1-β2^t) / (1-β1^t) / (sqrt(v_t) + ε)
+        s_t = β3 s_{t-1} + (1-β3) η_t
+        θ_t = θ_{t-1} - min(η_t, s_t) · m_t
+
+    ``form="code"`` (default) is the authors' released code, which every public implementation
+    follows. ``form="paper"`` is the printed Algorithm 1, which bias-corrects m and v instead:
+    η_t = lr / (sqrt(v_t / (1-β2^t)) + ε), θ_t = θ_{t-1} - min(η_t, s_t) · m_t / (1-β1^t).
+    The two differ while 1/(1-β1^t) is far from 1 (the code's s averages that factor in), by up
+    to about a quarter of the distance travelled in the first few hundred steps.
+
+    β3 = 0 is Adam with ε added before the bias correction (torch's Adam adds it after).
+    Since s starts at 0, min(η, s) acts as a per-element warmup of about 1/(1-β3) steps.
+
+    Precision: state (exp_avg, exp_avg_sq, exp_avg_lr) has the parameter's dtype for float32 and
+    float64 parameters and is float32 for bfloat16/float16 ones; those are updated in float32 and
+    rounded once per step. ``step`` is a float32 CPU tensor per parameter.
+
+    Args:
+        params: iterable of parameters or param-group dicts.
+        lr: learning rate (>= 0); may be changed between steps (LR schedulers).
+        betas: (β1, β2), each in [0, 1).
+        beta3: smoothing of the step-size bound, in [0, 1).
+        eps: added to sqrt(v_t) (>= 0).
+        weight_decay: decoupled weight decay (>= 0).
+        maximize: maximize the objective instead of minimizing it.
+        foreach: use the torch._foreach_* implementation (default: on CUDA only).
+        fused: use the compiled single-pass implementation (torch.compile; the first step
+            compiles, see docs/readme/adamod.md for the measured cost).
+        track_bounds: record per-step bound telemetry, read with :meth:`bound_stats`.
+        form: "code" (authors' released code) or "paper" (printed Algorithm 1).
+    """
+
+    _name = "AdaMod"
+    _group_defaults: ClassVar[dict[str, Any]] = {"form": "code"}
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        beta3: float = 0.999,
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        fused: bool | None = None,
+        track_bounds: bool = False,
+        form: str = "code",
+    ) -> None:
+        check_non_negative("lr", lr)
+        check_non_negative("eps", eps)
+        check_non_negative("weight_decay", weight_decay)
+        betas = check_betas(betas)
+        check_unit_interval("beta3", beta3)
+        check_form(form)
+        check_foreach_fused(foreach, fused)
+        defaults = {
+            "lr": lr,
+            "betas": betas,
+            "beta3": beta3,
+            "eps": eps,
+            "weight_decay": weight_decay,
+            "maximize": maximize,
+            "foreach": foreach,
+            "fused": fused,
+            "form": form,
+        }
+        super().__init__(params, defaults, track_bounds=track_bounds)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a param group, validating its options like the constructor does."""
+        super().add_param_group(param_group)
+        _check_group(self.param_groups[-1])
+
+    def _group_update_options(self, group: dict[str, Any]) -> dict[str, Any]:
+        return {"beta3": group["beta3"], "form": group["form"], "version": None}
+
+
+def _check_group(group: dict[str, Any]) -> None:
+    """Validate one param group's options (groups may override the defaults)."""
+    check_non_negative("lr", group["lr"])
+    check_non_negative("eps", group["eps"])
+    check_non_negative("weight_decay", group["weight_decay"])
+    group["betas"] = check_betas(group["betas"])
+    check_unit_interval("beta3", group["beta3"])
+    check_form(group["form"])
+    check_foreach_fused(group["foreach"], group["fused"])
+
+
+def adamod(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    exp_avg_lrs: list[Tensor],
+    state_steps: list[Tensor],
+    *,
+    foreach: bool | None = None,
+    fused: bool | None = None,
+    beta1: float,
+    beta2: float,
+    beta3: float,
+    lr: float,
+    eps: float,
+    weight_decay: float,
+    maximize: bool = False,
+    form: str = "code",
+    tracker: BoundTracker | None = None,
+) -> None:
+    """Functional AdaMod: update params and state in place (see :class:`AdaMod` for the maths)."""
+    check_form(form)
+    bounded_update(
+        params,
+        grads,
+        exp_avgs,
+        exp_avg_sqs,
+        exp_avg_lrs,
+        None,
+        state_steps,
+        foreach=foreach,
+        fused=fused,
+        beta1=beta1,
+        beta2=beta2,
+        beta3=beta3,
+        lr=lr,
+        eps=eps,
+        weight_decay=weight_decay,
+        maximize=maximize,
+        form=form,
+        version=None,
+        tracker=tracker,
+    )

@@ -1,0 +1,165 @@
+"""Shared torch.optim machinery of AdaMod and DiffMod: state, steps, telemetry, state_dict."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+from torch.optim.optimizer import Optimizer, ParamsT
+
+from adamod._telemetry import BoundTracker
+from adamod._update import REDUCED_PRECISION, bounded_update
+
+
+def state_dtype(param: Tensor) -> torch.dtype:
+    """Optimizer state precision: float32 for bfloat16/float16 params, else the param's dtype."""
+    return torch.float32 if param.dtype in REDUCED_PRECISION else param.dtype
+
+
+class BoundedAdamBase(Optimizer):
+    """Base class for Adam-style optimizers whose step size is bounded by its running average."""
+
+    _name = "AdaMod"
+    _keeps_previous_grad = False
+    _group_defaults: ClassVar[dict[str, Any]] = {}
+
+    def __init__(
+        self, params: ParamsT, defaults: dict[str, Any], *, track_bounds: bool = False
+    ) -> None:
+        super().__init__(params, defaults)
+        self.track_bounds = bool(track_bounds)
+        self._tracker: BoundTracker | None = BoundTracker() if self.track_bounds else None
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Fill options added later and accept the authors' state (integer `step`)."""
+        super().__setstate__(state)
+        for group in self.param_groups:
+            self._fill_group_defaults(group)
+            for p in group["params"]:
+                p_state = self.state.get(p, {})
+                step = p_state.get("step")
+                if step is not None and not torch.is_tensor(step):
+                    p_state["step"] = torch.tensor(float(step), dtype=torch.float32)
+                elif step is not None and step.device.type != "cpu":
+                    p_state["step"] = step.detach().to("cpu", torch.float32)
+        if not hasattr(self, "track_bounds"):
+            self.track_bounds = False
+            self._tracker = None
+
+    def _fill_group_defaults(self, group: dict[str, Any]) -> None:
+        """Give a param group every option this version knows, with its default."""
+        group.setdefault("maximize", False)
+        group.setdefault("foreach", None)
+        group.setdefault("fused", None)
+        for key, value in self._group_defaults.items():
+            group.setdefault(key, value)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load like torch.optim, then keep float32 state for reduced-precision params."""
+        super().load_state_dict(state_dict)
+        # torch casts floating state to the param's dtype; bfloat16 state would lose the moments
+        saved_groups = state_dict["param_groups"]
+        for saved, group in zip(saved_groups, self.param_groups, strict=True):
+            for saved_id, param in zip(saved["params"], group["params"], strict=True):
+                saved_state = state_dict["state"].get(saved_id)
+                if param.dtype not in REDUCED_PRECISION or not saved_state:
+                    continue
+                for key, value in saved_state.items():
+                    if key != "step" and torch.is_tensor(value) and value.is_floating_point():
+                        self.state[param][key] = value.to(param.device, torch.float32, copy=True)
+
+    def _init_group(self, group: dict[str, Any]) -> tuple[list[Tensor], ...]:
+        """Collect the params of a group that have a gradient, creating their state lazily."""
+        params, grads, avgs, sqs, lrs, prevs, steps = [], [], [], [], [], [], []
+        for index, p in enumerate(group["params"]):
+            if p.grad is None:
+                continue
+            if p.grad.is_sparse:
+                raise RuntimeError(
+                    f"{self._name} does not support sparse gradients (param {index} of its group)"
+                )
+            if torch.is_complex(p):
+                raise RuntimeError(
+                    f"{self._name} does not support complex parameters (param {index} of its group)"
+                )
+            state = self.state[p]
+            if len(state) == 0:
+                dtype = state_dtype(p)
+                state["step"] = torch.tensor(0.0, dtype=torch.float32)
+                state["exp_avg"] = torch.zeros_like(
+                    p, dtype=dtype, memory_format=torch.preserve_format
+                )
+                state["exp_avg_sq"] = torch.zeros_like(
+                    p, dtype=dtype, memory_format=torch.preserve_format
+                )
+                state["exp_avg_lr"] = torch.zeros_like(
+                    p, dtype=dtype, memory_format=torch.preserve_format
+                )
+            if self._keeps_previous_grad and "previous_grad" not in state:
+                # g_0 = 0, as in DiffGrad: the first friction is sigmoid(|g_1|)
+                state["previous_grad"] = torch.zeros_like(
+                    p, dtype=state_dtype(p), memory_format=torch.preserve_format
+                )
+            params.append(p)
+            grads.append(p.grad)
+            avgs.append(state["exp_avg"])
+            sqs.append(state["exp_avg_sq"])
+            lrs.append(state["exp_avg_lr"])
+            steps.append(state["step"])
+            if self._keeps_previous_grad:
+                prevs.append(state["previous_grad"])
+        return params, grads, avgs, sqs, lrs, prevs, steps
+
+    def _group_update_options(self, group: dict[str, Any]) -> dict[str, Any]:
+        """Return beta3, form and version for one group (subclasses define them)."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        """Perform one optimization step; `closure` re-evaluates the model and returns the loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params, grads, avgs, sqs, lrs, prevs, steps = self._init_group(group)
+            if not params:
+                continue
+            beta1, beta2 = group["betas"]
+            bounded_update(
+                params,
+                grads,
+                avgs,
+                sqs,
+                lrs,
+                prevs if self._keeps_previous_grad else None,
+                steps,
+                foreach=group["foreach"],
+                fused=group["fused"],
+                beta1=beta1,
+                beta2=beta2,
+                lr=float(group["lr"]),
+                eps=group["eps"],
+                weight_decay=group["weight_decay"],
+                maximize=group["maximize"],
+                tracker=self._tracker,
+                **self._group_update_options(group),
+            )
+        if self._tracker is not None:
+            self._tracker.end_step()
+        return loss
+
+    def bound_stats(self) -> dict[str, list[float]]:
+        """Return the per-step bound telemetry series (keys in docs); one host sync per call."""
+        if self._tracker is None:
+            raise ValueError(
+                f"bound_stats() needs track_bounds=True when the {self._name} optimizer is built"
+            )
+        return self._tracker.series()
+
+    def reset_bound_stats(self) -> None:
+        """Forget the recorded telemetry (e.g. after a warm-up phase)."""
+        if self._tracker is not None:
+            self._tracker.reset()

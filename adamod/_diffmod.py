@@ -1,0 +1,166 @@
+"""DiffMod: AdaMod whose momentum is scaled by DiffGrad's friction coefficient."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from torch import Tensor
+from torch.optim.optimizer import ParamsT
+
+from adamod._base import BoundedAdamBase
+from adamod._telemetry import BoundTracker
+from adamod._update import bounded_update
+from adamod._validation import (
+    check_betas,
+    check_foreach_fused,
+    check_len_memory,
+    check_non_negative,
+    check_version,
+)
+
+__all__ = ["DiffMod", "diffmod"]
+
+
+def beta3_from_len_memory(len_memory: float) -> float:
+    """β3 = 1 - 1/len_memory: the bound averages about len_memory past step sizes."""
+    return 1.0 - 1.0 / float(len_memory)
+
+
+class DiffMod(BoundedAdamBase):
+    r"""DiffMod optimizer: DiffGrad (Dubey et al. 2019) × AdaMod.
+
+    The AdaMod update (see :class:`AdaMod`, authors' code form, decoupled weight decay) with the
+    momentum scaled element-wise by the friction coefficient ξ_t of Δg = g_{t-1} - g_t::
+
+        version 0: ξ = sigmoid(|Δg|)
+        version 1: ξ = sigmoid(Δg)
+        version 2: ξ = 9 · sigmoid(0.5 |Δg|) - 4
+        θ_t = θ_{t-1} - min(η_t, s_t) · ξ_t · m_t,     β3 = 1 - 1/len_memory
+
+    The previous gradient is a copy (state ``previous_grad``), never a reference to ``p.grad``;
+    it starts at 0 as in DiffGrad, so the first friction is ξ(g_1). With ``maximize=True`` the
+    negated gradient is the one remembered. State precision as in :class:`AdaMod`.
+
+    Args:
+        params: iterable of parameters or param-group dicts.
+        lr: learning rate (>= 0).
+        betas: (β1, β2), each in [0, 1).
+        len_memory: memory of the step-size bound in steps (>= 1); β3 = 1 - 1/len_memory.
+        version: friction variant, 0, 1 or 2.
+        eps: added to sqrt(v_t) (>= 0).
+        weight_decay: decoupled weight decay (>= 0).
+        maximize, foreach, fused, track_bounds: as in :class:`AdaMod`.
+    """
+
+    _name = "DiffMod"
+    _keeps_previous_grad = True
+    _group_defaults: ClassVar[dict[str, Any]] = {"version": 0}
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        len_memory: float = 1000,
+        version: int = 0,
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        fused: bool | None = None,
+        track_bounds: bool = False,
+    ) -> None:
+        check_non_negative("lr", lr)
+        check_non_negative("eps", eps)
+        check_non_negative("weight_decay", weight_decay)
+        betas = check_betas(betas)
+        check_len_memory(len_memory)
+        check_version(version)
+        check_foreach_fused(foreach, fused)
+        defaults = {
+            "lr": lr,
+            "betas": betas,
+            "len_memory": len_memory,
+            "version": version,
+            "eps": eps,
+            "weight_decay": weight_decay,
+            "maximize": maximize,
+            "foreach": foreach,
+            "fused": fused,
+        }
+        super().__init__(params, defaults, track_bounds=track_bounds)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a param group, validating its options like the constructor does."""
+        super().add_param_group(param_group)
+        _check_group(self.param_groups[-1])
+
+    def _fill_group_defaults(self, group: dict[str, Any]) -> None:
+        # the authors' diffMod stores beta3, not len_memory
+        if "len_memory" not in group and "beta3" in group:
+            group["len_memory"] = 1.0 / (1.0 - group["beta3"])
+        super()._fill_group_defaults(group)
+
+    def _group_update_options(self, group: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "beta3": beta3_from_len_memory(group["len_memory"]),
+            "form": "code",
+            "version": group["version"],
+        }
+
+
+def _check_group(group: dict[str, Any]) -> None:
+    """Validate one param group's options (groups may override the defaults)."""
+    check_non_negative("lr", group["lr"])
+    check_non_negative("eps", group["eps"])
+    check_non_negative("weight_decay", group["weight_decay"])
+    group["betas"] = check_betas(group["betas"])
+    check_len_memory(group["len_memory"])
+    check_version(group["version"])
+    check_foreach_fused(group["foreach"], group["fused"])
+
+
+def diffmod(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    exp_avg_lrs: list[Tensor],
+    previous_grads: list[Tensor],
+    state_steps: list[Tensor],
+    *,
+    foreach: bool | None = None,
+    fused: bool | None = None,
+    beta1: float,
+    beta2: float,
+    len_memory: float,
+    version: int = 0,
+    lr: float,
+    eps: float,
+    weight_decay: float,
+    maximize: bool = False,
+    tracker: BoundTracker | None = None,
+) -> None:
+    """Functional DiffMod: update params and state in place (see :class:`DiffMod`)."""
+    bounded_update(
+        params,
+        grads,
+        exp_avgs,
+        exp_avg_sqs,
+        exp_avg_lrs,
+        previous_grads,
+        state_steps,
+        foreach=foreach,
+        fused=fused,
+        beta1=beta1,
+        beta2=beta2,
+        beta3=beta3_from_len_memory(check_len_memory(len_memory)),
+        lr=lr,
+        eps=eps,
+        weight_decay=weight_decay,
+        maximize=maximize,
+        form="code",
+        version=check_version(version),
+        tracker=tracker,
+    )

@@ -1,0 +1,282 @@
+"""The AdaMod/DiffMod update on lists of tensors: one dispatcher and three implementations.
+
+All three implementations share one keyword-only signature and compute, per element,
+
+    m ← β1 m + (1-β1) g                       v ← β2 v + (1-β2) g²
+    η ← c / (sqrt(v) + ε')                    s ← β3 s + (1-β3) η
+    θ ← (1 - lr·wd) θ - scale · min(η, s) · m · ξ
+
+with (c, ε', scale) from `coefficients` (the authors' code form or the paper's printed form) and
+ξ = 1 for AdaMod or DiffMod's friction coefficient of (g_{t-1} - g_t).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+from torch.utils._foreach_utils import _group_tensors_by_device_and_dtype
+
+from adamod._telemetry import BoundTracker, partial_bound_stats
+
+REDUCED_PRECISION = (torch.bfloat16, torch.float16)
+IMPLEMENTATIONS = ("single", "multi", "fused")
+
+
+def coefficients(
+    step: float, *, beta1: float, beta2: float, lr: float, eps: float, form: str
+) -> tuple[float, float, float]:
+    """Return (c, ε', scale) with η = c / (sqrt(v) + ε') and θ -= scale · min(η, s) · m."""
+    bias_correction1 = 1.0 - beta1**step
+    bias_correction2_sqrt = math.sqrt(1.0 - beta2**step)
+    if form == "code":
+        # released code: the bias corrections live inside η, so s averages them too
+        return lr * bias_correction2_sqrt / bias_correction1, eps, 1.0
+    # printed Algorithm 1: η = lr / (sqrt(v / bc2) + ε), θ -= min(η, s) · m / bc1
+    return lr * bias_correction2_sqrt, eps * bias_correction2_sqrt, 1.0 / bias_correction1
+
+
+def friction_(diff: Tensor, version: int) -> Tensor:
+    """Turn diff = g_{t-1} - g_t into DiffMod's friction coefficient ξ, in place."""
+    if version == 0:
+        return diff.abs_().sigmoid_()
+    if version == 1:
+        return diff.sigmoid_()
+    return diff.abs_().mul_(0.5).sigmoid_().mul_(9.0).sub_(4.0)
+
+
+def choose_impl(params: list[Tensor], foreach: bool | None, fused: bool | None) -> str:
+    """Pick "single", "multi" or "fused": the one place where the implementation is chosen."""
+    if foreach and fused:
+        raise ValueError("Invalid foreach and fused: both True (choose at most one)")
+    if fused:
+        return "fused"
+    if foreach:
+        return "multi"
+    if foreach is None and params and all(p.device.type == "cuda" for p in params):
+        # horizontal fusion across tensors only pays on accelerators, as in torch.optim
+        return "multi"
+    return "single"
+
+
+def _single_tensor_update(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    exp_avg_lrs: list[Tensor],
+    prev_grads: list[Tensor] | None,
+    state_steps: list[Tensor],
+    *,
+    beta1: float,
+    beta2: float,
+    beta3: float,
+    lr: float,
+    eps: float,
+    weight_decay: float,
+    maximize: bool,
+    form: str,
+    version: int | None,
+    tracker: BoundTracker | None,
+) -> None:
+    """Reference implementation: one tensor at a time, in-place ops, one temporary per tensor."""
+    for i, param in enumerate(params):
+        grad = -grads[i] if maximize else grads[i]
+        exp_avg, exp_avg_sq, exp_avg_lr = exp_avgs[i], exp_avg_sqs[i], exp_avg_lrs[i]
+        state_steps[i] += 1
+        step = state_steps[i].item()  # CPU tensor: no device sync
+
+        if weight_decay != 0.0:
+            param.mul_(1.0 - lr * weight_decay)
+        exp_avg.lerp_(grad, 1.0 - beta1)
+        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
+
+        c, eps_, scale = coefficients(step, beta1=beta1, beta2=beta2, lr=lr, eps=eps, form=form)
+        eta = torch.sqrt(exp_avg_sq).add_(eps_)
+        # c / x in one pass (x.reciprocal_().mul_(c) would be two)
+        torch.div(torch.tensor(c, dtype=torch.float64), eta, out=eta)
+        exp_avg_lr.lerp_(eta, 1.0 - beta3)
+        if tracker is not None:
+            tracker.add(partial_bound_stats(eta, exp_avg_lr), eta.numel(), int(step))
+        eff = torch.minimum(eta, exp_avg_lr, out=eta)
+        if version is not None:
+            assert prev_grads is not None
+            eff.mul_(friction_(torch.sub(prev_grads[i], grad), version))
+            prev_grads[i].copy_(grad)
+        param.addcmul_(eff, exp_avg, value=-scale)
+
+
+def _multi_tensor_update(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    exp_avg_lrs: list[Tensor],
+    prev_grads: list[Tensor] | None,
+    state_steps: list[Tensor],
+    *,
+    beta1: float,
+    beta2: float,
+    beta3: float,
+    lr: float,
+    eps: float,
+    weight_decay: float,
+    maximize: bool,
+    form: str,
+    version: int | None,
+    tracker: BoundTracker | None,
+) -> None:
+    """torch._foreach_* implementation: one op per line of maths over all tensors of a device."""
+    lists: list[list[Tensor]] = [params, grads, exp_avgs, exp_avg_sqs, exp_avg_lrs, state_steps]
+    if version is not None:
+        assert prev_grads is not None
+        lists.append(prev_grads)
+    grouped = _group_tensors_by_device_and_dtype(lists)  # type: ignore[arg-type]
+    for (device, _), (group_lists, _) in grouped.items():
+        d_params, d_grads, d_avgs, d_sqs, d_lrs, d_steps = group_lists[:6]
+        if maximize:
+            d_grads = torch._foreach_neg(d_grads)
+        torch._foreach_add_(d_steps, 1.0)
+        steps = [t.item() for t in d_steps]
+
+        if weight_decay != 0.0:
+            torch._foreach_mul_(d_params, 1.0 - lr * weight_decay)
+        torch._foreach_lerp_(d_avgs, d_grads, 1.0 - beta1)
+        torch._foreach_mul_(d_sqs, beta2)
+        torch._foreach_addcmul_(d_sqs, d_grads, d_grads, 1.0 - beta2)
+
+        coeffs = [
+            coefficients(s, beta1=beta1, beta2=beta2, lr=lr, eps=eps, form=form) for s in steps
+        ]
+        etas = torch._foreach_sqrt(d_sqs)
+        torch._foreach_add_(etas, [e for _, e, _ in coeffs])
+        if device.type == "cpu":
+            # CPU foreach ops loop over tensors and broadcast, so c / x is one pass here
+            scalars = [torch.tensor(c, dtype=torch.float64) for c, _, _ in coeffs]
+            torch.ops.aten._foreach_div.List_out(scalars, etas, out=etas)
+        else:
+            torch._foreach_reciprocal_(etas)
+            torch._foreach_mul_(etas, [c for c, _, _ in coeffs])
+        torch._foreach_lerp_(d_lrs, etas, 1.0 - beta3)
+        if tracker is not None:
+            for eta, lr_avg, step in zip(etas, d_lrs, steps, strict=True):
+                tracker.add(partial_bound_stats(eta, lr_avg), eta.numel(), int(step))
+        torch._foreach_minimum_(etas, d_lrs)
+        if version is not None:
+            d_prev = group_lists[6]
+            diffs = torch._foreach_sub(d_prev, d_grads)
+            if version != 1:
+                torch._foreach_abs_(diffs)
+            if version == 2:
+                torch._foreach_mul_(diffs, 0.5)
+            torch._foreach_sigmoid_(diffs)
+            if version == 2:
+                torch._foreach_mul_(diffs, 9.0)
+                torch._foreach_sub_(diffs, 4.0)
+            torch._foreach_mul_(etas, diffs)
+            torch._foreach_copy_(d_prev, d_grads)
+        torch._foreach_addcmul_(d_params, etas, d_avgs, [-scale for _, _, scale in coeffs])
+
+
+def _fused_update(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    exp_avg_lrs: list[Tensor],
+    prev_grads: list[Tensor] | None,
+    state_steps: list[Tensor],
+    *,
+    beta1: float,
+    beta2: float,
+    beta3: float,
+    lr: float,
+    eps: float,
+    weight_decay: float,
+    maximize: bool,
+    form: str,
+    version: int | None,
+    tracker: BoundTracker | None,
+) -> None:
+    """One compiled kernel per tensor (torch.compile): a single pass over memory."""
+    from adamod._fused import fused_tensor_update  # lazy: imports torch._dynamo
+
+    for i, param in enumerate(params):
+        state_steps[i] += 1
+        step = state_steps[i].item()
+        c, eps_, scale = coefficients(step, beta1=beta1, beta2=beta2, lr=lr, eps=eps, form=form)
+        partial = fused_tensor_update(
+            param,
+            grads[i],
+            exp_avgs[i],
+            exp_avg_sqs[i],
+            exp_avg_lrs[i],
+            None if prev_grads is None else prev_grads[i],
+            hyper=(beta1, beta2, beta3, c, eps_, scale, 1.0 - lr * weight_decay),
+            version=version,
+            maximize=maximize,
+            with_stats=tracker is not None,
+        )
+        if tracker is not None:
+            assert partial is not None
+            tracker.add(partial, param.numel(), int(step))
+
+
+_IMPLS = {"single": _single_tensor_update, "multi": _multi_tensor_update, "fused": _fused_update}
+
+
+def bounded_update(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    exp_avg_lrs: list[Tensor],
+    prev_grads: list[Tensor] | None,
+    state_steps: list[Tensor],
+    *,
+    foreach: bool | None,
+    fused: bool | None,
+    beta1: float,
+    beta2: float,
+    beta3: float,
+    lr: float,
+    eps: float,
+    weight_decay: float,
+    maximize: bool,
+    form: str,
+    version: int | None,
+    tracker: BoundTracker | None,
+) -> None:
+    """Dispatch once to an implementation; reduced-precision params are updated in float32."""
+    impl = _IMPLS[choose_impl(params, foreach, fused)]
+    low = [i for i, p in enumerate(params) if p.dtype in REDUCED_PRECISION]
+    work_params, work_grads = params, grads
+    if low:
+        # state is float32 for these params (see AdaMod's docstring); compute in float32 and
+        # round the parameter once at the end
+        work_params, work_grads = list(params), list(grads)
+        for i in low:
+            work_params[i] = params[i].float()
+            work_grads[i] = grads[i].float()
+    impl(
+        work_params,
+        work_grads,
+        exp_avgs,
+        exp_avg_sqs,
+        exp_avg_lrs,
+        prev_grads,
+        state_steps,
+        beta1=beta1,
+        beta2=beta2,
+        beta3=beta3,
+        lr=lr,
+        eps=eps,
+        weight_decay=weight_decay,
+        maximize=maximize,
+        form=form,
+        version=version,
+        tracker=tracker,
+    )
+    for i in low:
+        params[i].copy_(work_params[i])
