@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import optuna
 
+    from studies.db.engine import Database
+
 __all__ = [
     "OPTUNA_TRIAL_ID_ATTR",
     "capped_value",
@@ -28,6 +30,8 @@ __all__ = [
     "init_optuna_schema",
     "optuna_study_name",
     "record_trial",
+    "record_trial_row",
+    "sync_optuna",
 ]
 
 OPTUNA_TRIAL_ID_ATTR = "adamod_lab_trial_id"
@@ -198,3 +202,101 @@ def record_trial(
         trial_id=0,
     )
     return get_storage(url).create_new_trial(optuna_study_id, template_trial=trial)
+
+
+def record_trial_row(db: Database, trial_id: int) -> int | None:
+    """Writes a finished trial to Optuna from its stored row; returns the Optuna trial id."""
+    from sqlalchemy import select
+
+    from studies.db.models import FINISHED_STATES, StudyRow, TrialRow
+
+    with db.session(readonly=True) as session:
+        row = session.get(TrialRow, trial_id)
+        if row is None or row.state not in FINISHED_STATES:
+            return None
+        spec = session.execute(
+            select(StudyRow.spec).where(StudyRow.id == row.study_id)
+        ).scalar_one()
+        worker = None
+        if row.worker_host is not None:
+            worker = {"host": row.worker_host, "pid": row.worker_pid, "device": row.worker_device}
+        return record_trial(
+            db.url,
+            study_id=row.study_id,
+            spec=spec,
+            trial_id=row.id,
+            params=row.params,
+            state=row.state,
+            loss=row.loss,
+            loss0=row.loss0,
+            accuracy=row.accuracy,
+            intermediate={
+                int(p["step"]): float(p["val_loss"])
+                for p in row.curve or []
+                if p.get("val_loss") is not None
+            },
+            worker=worker,
+            attempts=row.attempts,
+            started_at=row.started_at,
+            finished_at=row.finished_at,
+            error=row.error,
+        )
+
+
+def sync_optuna(db: Database, *, older_than_s: float = 60.0, limit: int = 1000) -> int:
+    """Writes finished trials missing from Optuna (a worker died between the two writes, or the
+    trial failed by lease expiry); returns how many were written. Any worker may call it.
+
+    A trial already present (found by its `adamod_lab_trial_id` user attribute) is only marked.
+    """
+    from datetime import timedelta
+
+    from sqlalchemy import select, update
+
+    from studies.db.models import FINISHED_STATES, TrialRow, utcnow
+
+    cutoff = utcnow() - timedelta(seconds=older_than_s)
+    with db.session(readonly=True) as session:
+        pending = session.execute(
+            select(TrialRow.id, TrialRow.study_id)
+            .where(
+                TrialRow.optuna_trial_id.is_(None),
+                TrialRow.state.in_(FINISHED_STATES),
+                TrialRow.finished_at <= cutoff,
+            )
+            .order_by(TrialRow.id)
+            .limit(limit)
+        ).all()
+    if not pending:
+        return 0
+    storage = get_storage(db.url)
+    written = 0
+    marks: list[tuple[int, int]] = []
+    present: dict[int, dict[int, int]] = {}
+    for trial_id, study_id in pending:
+        if study_id not in present:
+            try:
+                optuna_id = storage.get_study_id_from_name(optuna_study_name(study_id))
+                trials = storage.get_all_trials(optuna_id, deepcopy=False)
+            except KeyError:
+                trials = []
+            present[study_id] = {
+                int(t.user_attrs[OPTUNA_TRIAL_ID_ATTR]): t._trial_id
+                for t in trials
+                if OPTUNA_TRIAL_ID_ATTR in t.user_attrs
+            }
+        optuna_trial_id = present[study_id].get(trial_id)
+        if optuna_trial_id is None:
+            optuna_trial_id = record_trial_row(db, trial_id)
+            written += optuna_trial_id is not None
+        if optuna_trial_id is not None:
+            marks.append((trial_id, optuna_trial_id))
+    with db.session() as session:
+        for trial_id, optuna_trial_id in marks:
+            session.execute(
+                update(TrialRow)
+                .where(TrialRow.id == trial_id)
+                .values(optuna_trial_id=optuna_trial_id),
+                execution_options={"synchronize_session": False},
+            )
+    return written

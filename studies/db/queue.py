@@ -1,0 +1,400 @@
+"""The durable trial queue: atomic claim, leases renewed by heartbeat, conditional completion.
+
+Every state change is one short transaction. A claim is one UPDATE ... WHERE id = (SELECT ...
+ORDER BY priority DESC, id LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING on PostgreSQL, and the same
+statement inside BEGIN IMMEDIATE (one writer at a time) on SQLite. Every later write carries the
+lease token, so a worker that lost its lease (and whose trial was handed to another) changes
+nothing: a trial completes at most once. Times come from the database server on PostgreSQL, so
+workers on machines with skewed clocks agree on when a lease expires.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import ColumnElement, Interval, and_, case, func, literal, select, update
+
+from studies.db.engine import Database, finite_or_none
+from studies.db.models import StudyRow, TrialRow, UtcDateTime, utcnow
+
+if TYPE_CHECKING:
+    from studies.spec import TrialConfig
+    from studies.trial import EvalPoint, TrialResult
+
+__all__ = [
+    "DEFAULT_LEASE_SECONDS",
+    "DEFAULT_MAX_ATTEMPTS",
+    "ClaimedTrial",
+    "WorkerInfo",
+    "claim_next_trial",
+    "complete_trial",
+    "eval_point_json",
+    "fail_attempt",
+    "record_evaluation",
+    "record_optuna_ids",
+    "release_lease",
+    "renew_lease",
+    "requeue_expired",
+]
+
+DEFAULT_LEASE_SECONDS = 60.0
+DEFAULT_MAX_ATTEMPTS = 3
+MAX_ERROR_LENGTH = 10_000
+_NO_SYNC = {"synchronize_session": False}
+
+
+@dataclass
+class WorkerInfo:
+    """Who runs a trial: recorded on the trial row."""
+
+    host: str
+    pid: int
+    device: str
+
+
+@dataclass
+class ClaimedTrial:
+    """A trial this worker holds the lease of; every write about it carries the lease token."""
+
+    trial_id: int
+    study_id: int
+    lease_token: str
+    attempt: int
+    config: TrialConfig
+    number: int = 0
+    params: dict[str, Any] = field(default_factory=dict)
+    lease_seconds: float = DEFAULT_LEASE_SECONDS
+    curve: list[dict[str, Any]] = field(default_factory=list)
+    worker: WorkerInfo | None = None
+    # Set by complete_trial once the trial is in the Optuna study.
+    optuna_trial_id: int | None = None
+
+
+def _check_lease_seconds(lease_seconds: float) -> float:
+    if isinstance(lease_seconds, bool) or not isinstance(lease_seconds, int | float):
+        raise ValueError(f"lease_seconds: must be a number (got {lease_seconds!r})")
+    if not math.isfinite(lease_seconds) or lease_seconds <= 0:
+        raise ValueError(f"lease_seconds: must be > 0 (got {lease_seconds!r})")
+    return float(lease_seconds)
+
+
+def _check_max_attempts(max_attempts: int) -> int:
+    if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
+        raise ValueError(f"max_attempts: must be an integer >= 1 (got {max_attempts!r})")
+    return max_attempts
+
+
+def _now(db: Database) -> ColumnElement[Any]:
+    # The server's clock on PostgreSQL (one clock for every machine); SQLite is one machine.
+    if db.is_postgres:
+        return func.now()
+    return literal(utcnow(), UtcDateTime())
+
+
+def _lease_until(db: Database, lease_seconds: float) -> ColumnElement[Any]:
+    if db.is_postgres:
+        return func.now() + literal(timedelta(seconds=lease_seconds), Interval())
+    return literal(utcnow() + timedelta(seconds=lease_seconds), UtcDateTime())
+
+
+def _study_cancelled() -> ColumnElement[Any]:
+    return (
+        select(StudyRow.cancelled).where(StudyRow.id == TrialRow.study_id).scalar_subquery()
+    ).is_(True)
+
+
+def _held(claim: ClaimedTrial) -> ColumnElement[bool]:
+    return and_(
+        TrialRow.id == claim.trial_id,
+        TrialRow.lease_token == claim.lease_token,
+        TrialRow.state == "running",
+    )
+
+
+def record_optuna_ids(session: Any, pairs: Sequence[tuple[int, int]]) -> None:
+    """Marks trials as written to Optuna (trial id, Optuna trial id), inside a caller's session."""
+    for trial_id, optuna_trial_id in pairs:
+        session.execute(
+            update(TrialRow).where(TrialRow.id == trial_id).values(optuna_trial_id=optuna_trial_id),
+            execution_options=_NO_SYNC,
+        )
+
+
+def claim_next_trial(
+    db: Database,
+    worker: WorkerInfo,
+    *,
+    lease_seconds: float = DEFAULT_LEASE_SECONDS,
+    optuna_ids: Sequence[tuple[int, int]] = (),
+) -> ClaimedTrial | None:
+    """Atomically takes the next queued trial (priority, then FIFO) and a lease on it.
+
+    `optuna_ids` piggybacks the worker's pending "written to Optuna" marks on this transaction.
+    """
+    from studies.spec import TrialConfig
+
+    lease_seconds = _check_lease_seconds(lease_seconds)
+    token = secrets.token_hex(16)
+    now = _now(db)
+    next_id = (
+        select(TrialRow.id)
+        .join(StudyRow, StudyRow.id == TrialRow.study_id)
+        .where(TrialRow.state == "queued", StudyRow.cancelled.is_(False))
+        .order_by(TrialRow.priority.desc(), TrialRow.id)
+        .limit(1)
+        .with_for_update(skip_locked=True, of=TrialRow)
+        .scalar_subquery()
+    )
+    statement = (
+        update(TrialRow)
+        .where(TrialRow.id == next_id)
+        .values(
+            state="running",
+            attempts=TrialRow.attempts + 1,
+            lease_token=token,
+            lease_expires_at=_lease_until(db, lease_seconds),
+            worker_host=worker.host,
+            worker_pid=worker.pid,
+            worker_device=worker.device,
+            claimed_at=now,
+            started_at=func.coalesce(TrialRow.started_at, now),
+            curve=None,
+        )
+        .returning(
+            TrialRow.id,
+            TrialRow.study_id,
+            TrialRow.attempts,
+            TrialRow.config,
+            TrialRow.number,
+            TrialRow.params,
+        )
+    )
+    with db.session() as session:
+        if optuna_ids:
+            record_optuna_ids(session, optuna_ids)
+        row = session.execute(statement, execution_options=_NO_SYNC).one_or_none()
+    if row is None:
+        return None
+    return ClaimedTrial(
+        trial_id=row.id,
+        study_id=row.study_id,
+        lease_token=token,
+        attempt=row.attempts,
+        config=TrialConfig.model_validate(row.config),
+        number=row.number,
+        params=row.params,
+        lease_seconds=lease_seconds,
+        worker=worker,
+    )
+
+
+def renew_lease(db: Database, claim: ClaimedTrial, *, lease_seconds: float | None = None) -> bool:
+    """Extends the lease; False when it was lost or the study was cancelled (stop the trial)."""
+    seconds = _check_lease_seconds(lease_seconds or claim.lease_seconds)
+    with db.session() as session:
+        result = session.execute(
+            update(TrialRow)
+            .where(_held(claim), ~_study_cancelled())
+            .values(lease_expires_at=_lease_until(db, seconds)),
+            execution_options=_NO_SYNC,
+        )
+        return result.rowcount == 1
+
+
+def eval_point_json(point: EvalPoint) -> dict[str, Any]:
+    """One evaluation as stored in the curve column (non-finite numbers become null)."""
+    return {
+        "step": int(point.step),
+        "epoch": finite_or_none(point.epoch),
+        "val_loss": finite_or_none(point.val_loss),
+        "train_loss": finite_or_none(point.train_loss),
+        "accuracy": finite_or_none(point.accuracy),
+    }
+
+
+def record_evaluation(db: Database, claim: ClaimedTrial, point: EvalPoint) -> bool:
+    """Stores one evaluation on the trial's curve and renews the lease; False: stop the trial."""
+    claim.curve.append(eval_point_json(point))
+    with db.session() as session:
+        result = session.execute(
+            update(TrialRow)
+            .where(_held(claim), ~_study_cancelled())
+            .values(
+                curve=list(claim.curve), lease_expires_at=_lease_until(db, claim.lease_seconds)
+            ),
+            execution_options=_NO_SYNC,
+        )
+        return result.rowcount == 1
+
+
+def complete_trial(
+    db: Database, claim: ClaimedTrial, result: TrialResult, *, optuna: bool = True
+) -> bool:
+    """Stores a finished trial if this worker still holds its lease; then mirrors it in Optuna.
+
+    A result with state "cancelled" hands the trial back instead (see release_lease). Safe to
+    retry: a repeat with the same lease writes the same values. Returns False when the lease was
+    lost (the trial belongs to another worker now) and nothing was written.
+    """
+    if result.state == "cancelled":
+        return release_lease(db, claim, keep_curve=True)
+    curve = [eval_point_json(p) for p in result.curve]
+    data = result.to_dict()
+    data.pop("curve", None)
+    data.pop("bound_stats", None)
+    values = {
+        "state": result.state,
+        "loss": finite_or_none(result.loss),
+        "loss0": finite_or_none(result.loss0),
+        "accuracy": finite_or_none(result.accuracy),
+        "curve": curve,
+        "bound_stats": result.bound_stats,
+        "result": data,
+        "steps": int(result.steps),
+        "duration_s": finite_or_none(result.duration_s),
+        "error": None,
+        "lease_expires_at": None,
+        "finished_at": _now(db),
+    }
+    from studies.db.optuna_bridge import capped_value
+
+    values["value"] = capped_value(result.state, values["loss"], values["loss0"])
+    with db.session() as session:
+        row = session.execute(
+            update(TrialRow)
+            .where(
+                TrialRow.id == claim.trial_id,
+                TrialRow.lease_token == claim.lease_token,
+                # A retry after a lost reply finds its own completed row and rewrites it.
+                TrialRow.state.in_(("running", result.state)),
+            )
+            .values(**values)
+            .returning(TrialRow.attempts, TrialRow.started_at, TrialRow.finished_at),
+            execution_options=_NO_SYNC,
+        ).one_or_none()
+        if row is None:
+            return False
+        spec = (
+            session.execute(select(StudyRow.spec).where(StudyRow.id == claim.study_id)).scalar_one()
+            if optuna
+            else None
+        )
+    if optuna:
+        from studies.db.optuna_bridge import record_trial
+
+        claim.optuna_trial_id = record_trial(
+            db.url,
+            study_id=claim.study_id,
+            spec=spec,
+            trial_id=claim.trial_id,
+            params=claim.params or claim.config.params(),
+            state=result.state,
+            loss=values["loss"],
+            loss0=values["loss0"],
+            accuracy=values["accuracy"],
+            intermediate={
+                p.step: float(p.val_loss) for p in result.curve if p.val_loss is not None
+            },
+            worker=_worker_dict(claim),
+            attempts=row.attempts,
+            started_at=row.started_at,
+            finished_at=row.finished_at,
+        )
+    return True
+
+
+def _worker_dict(claim: ClaimedTrial) -> dict[str, Any] | None:
+    if claim.worker is None:
+        return None
+    return {"host": claim.worker.host, "pid": claim.worker.pid, "device": claim.worker.device}
+
+
+def release_lease(db: Database, claim: ClaimedTrial, *, keep_curve: bool = False) -> bool:
+    """Hands a trial back without counting the attempt (graceful shutdown, cancellation).
+
+    The trial is queued again, or cancelled when its study was cancelled. False: lease lost.
+    """
+    cancelled = _study_cancelled()
+    with db.session() as session:
+        result = session.execute(
+            update(TrialRow)
+            .where(_held(claim))
+            .values(
+                state=case((cancelled, "cancelled"), else_="queued"),
+                attempts=TrialRow.attempts - 1,
+                lease_expires_at=None,
+                finished_at=case((cancelled, _now(db)), else_=None),
+                curve=case((cancelled, TrialRow.curve), else_=None) if keep_curve else None,
+            ),
+            execution_options=_NO_SYNC,
+        )
+        return result.rowcount == 1
+
+
+def _retry_or_fail(db: Database, max_attempts: int) -> dict[str, Any]:
+    cancelled = _study_cancelled()
+    final = cancelled | (TrialRow.attempts >= max_attempts)
+    return {
+        "state": case(
+            (cancelled, "cancelled"),
+            (TrialRow.attempts >= max_attempts, "failed"),
+            else_="queued",
+        ),
+        "lease_expires_at": None,
+        "finished_at": case((final, _now(db)), else_=None),
+    }
+
+
+def fail_attempt(db: Database, claim: ClaimedTrial, error: str, *, max_attempts: int) -> str | None:
+    """Records an error: the trial is queued again, or "failed" after `max_attempts` attempts.
+
+    Returns the trial's new state, or None when the lease was lost. A failed trial is mirrored in
+    Optuna as a FAIL trial.
+    """
+    max_attempts = _check_max_attempts(max_attempts)
+    with db.session() as session:
+        state = session.execute(
+            update(TrialRow)
+            .where(_held(claim))
+            .values(error=str(error)[:MAX_ERROR_LENGTH], **_retry_or_fail(db, max_attempts))
+            .returning(TrialRow.state),
+            execution_options=_NO_SYNC,
+        ).scalar_one_or_none()
+    return state
+
+
+def requeue_expired(db: Database, *, max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> int:
+    """Puts trials whose lease expired back in the queue (or "failed"); any worker may call it.
+
+    Also cancels queued trials of cancelled studies (a trial handed back while its study was
+    being cancelled). Returns how many expired leases were reclaimed.
+    """
+    max_attempts = _check_max_attempts(max_attempts)
+    with db.session() as session:
+        result = session.execute(
+            update(TrialRow)
+            .where(TrialRow.state == "running", TrialRow.lease_expires_at < _now(db))
+            .values(
+                error=case(
+                    (
+                        TrialRow.attempts >= max_attempts,
+                        "lease expired: the worker stopped renewing it (last attempt)",
+                    ),
+                    else_="lease expired: the worker stopped renewing it",
+                ),
+                **_retry_or_fail(db, max_attempts),
+            ),
+            execution_options=_NO_SYNC,
+        )
+        session.execute(
+            update(TrialRow)
+            .where(TrialRow.state == "queued", _study_cancelled())
+            .values(state="cancelled", finished_at=_now(db)),
+            execution_options=_NO_SYNC,
+        )
+        return int(result.rowcount)
