@@ -122,14 +122,29 @@ def create_optuna_study(url: str, study_id: int, spec: dict[str, Any]) -> int:
     return optuna_id
 
 
-def _study_handle(url: str, study_id: int, spec: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+def _study_handle(
+    url: str, study_id: int, spec: dict[str, Any] | None, db: Database | None
+) -> tuple[int, dict[str, Any]]:
     with _lock:
         cached = _studies.get((url, study_id))
     if cached is not None:
         return cached
+    if spec is None:
+        if db is None:
+            raise ValueError("spec: needed when the study is not cached and no db is given")
+        spec = _load_spec(db, study_id)
     create_optuna_study(url, study_id, spec)  # get-or-create: also heals a crash at submit time
     with _lock:
         return _studies[(url, study_id)]
+
+
+def _load_spec(db: Database, study_id: int) -> dict[str, Any]:
+    from sqlalchemy import select
+
+    from studies.db.models import StudyRow
+
+    with db.session(readonly=True) as session:
+        return session.execute(select(StudyRow.spec).where(StudyRow.id == study_id)).scalar_one()
 
 
 def capped_value(state: str, loss: float | None, loss0: float | None) -> float | None:
@@ -155,7 +170,7 @@ def record_trial(
     url: str,
     *,
     study_id: int,
-    spec: dict[str, Any],
+    spec: dict[str, Any] | None,
     trial_id: int,
     params: dict[str, Any],
     state: str,
@@ -168,11 +183,12 @@ def record_trial(
     started_at: datetime | None,
     finished_at: datetime | None,
     error: str | None = None,
+    db: Database | None = None,
 ) -> int:
     """Writes one finished trial (completed, diverged or failed) to Optuna in one call."""
     from optuna.trial import FrozenTrial, TrialState
 
-    optuna_study_id, distributions = _study_handle(url, study_id, spec)
+    optuna_study_id, distributions = _study_handle(url, study_id, spec, db)
     value = capped_value(state, loss, loss0) if state in ("completed", "diverged") else None
     ok = value is not None and math.isfinite(value)
     user_attrs: dict[str, Any] = {
@@ -206,24 +222,20 @@ def record_trial(
 
 def record_trial_row(db: Database, trial_id: int) -> int | None:
     """Writes a finished trial to Optuna from its stored row; returns the Optuna trial id."""
-    from sqlalchemy import select
-
-    from studies.db.models import FINISHED_STATES, StudyRow, TrialRow
+    from studies.db.models import FINISHED_STATES, TrialRow
 
     with db.session(readonly=True) as session:
         row = session.get(TrialRow, trial_id)
         if row is None or row.state not in FINISHED_STATES:
             return None
-        spec = session.execute(
-            select(StudyRow.spec).where(StudyRow.id == row.study_id)
-        ).scalar_one()
         worker = None
         if row.worker_host is not None:
             worker = {"host": row.worker_host, "pid": row.worker_pid, "device": row.worker_device}
         return record_trial(
             db.url,
             study_id=row.study_id,
-            spec=spec,
+            spec=None,
+            db=db,
             trial_id=row.id,
             params=row.params,
             state=row.state,

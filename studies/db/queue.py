@@ -21,6 +21,7 @@ from sqlalchemy import ColumnElement, Interval, and_, case, func, literal, selec
 
 from studies.db.engine import Database, finite_or_none
 from studies.db.models import StudyRow, TrialRow, UtcDateTime, utcnow
+from studies.db.optuna_bridge import capped_value, record_trial
 
 if TYPE_CHECKING:
     from studies.spec import TrialConfig
@@ -35,6 +36,8 @@ __all__ = [
     "complete_trial",
     "eval_point_json",
     "fail_attempt",
+    "mirror_in_optuna",
+    "queue_counts",
     "record_evaluation",
     "record_optuna_ids",
     "release_lease",
@@ -71,7 +74,9 @@ class ClaimedTrial:
     lease_seconds: float = DEFAULT_LEASE_SECONDS
     curve: list[dict[str, Any]] = field(default_factory=list)
     worker: WorkerInfo | None = None
-    # Set by complete_trial once the trial is in the Optuna study.
+    # Set by complete_trial: (attempts, started_at, finished_at) as stored.
+    completion: tuple[int, Any, Any] | None = None
+    # Set once the trial is in the Optuna study.
     optuna_trial_id: int | None = None
 
 
@@ -219,7 +224,10 @@ def eval_point_json(point: EvalPoint) -> dict[str, Any]:
 
 def record_evaluation(db: Database, claim: ClaimedTrial, point: EvalPoint) -> bool:
     """Stores one evaluation on the trial's curve and renews the lease; False: stop the trial."""
-    claim.curve.append(eval_point_json(point))
+    stored = eval_point_json(point)
+    # Idempotent, so that a retry after a lost reply does not store the point twice.
+    if not claim.curve or claim.curve[-1] != stored:
+        claim.curve.append(stored)
     with db.session() as session:
         result = session.execute(
             update(TrialRow)
@@ -239,30 +247,28 @@ def complete_trial(
 
     A result with state "cancelled" hands the trial back instead (see release_lease). Safe to
     retry: a repeat with the same lease writes the same values. Returns False when the lease was
-    lost (the trial belongs to another worker now) and nothing was written.
+    lost (the trial belongs to another worker now) and nothing was written. With optuna=False the
+    caller mirrors it with mirror_in_optuna (so that each write can be retried on its own).
     """
     if result.state == "cancelled":
         return release_lease(db, claim, keep_curve=True)
-    curve = [eval_point_json(p) for p in result.curve]
-    data = result.to_dict()
-    data.pop("curve", None)
-    data.pop("bound_stats", None)
-    values = {
+    values: dict[str, Any] = {
         "state": result.state,
         "loss": finite_or_none(result.loss),
         "loss0": finite_or_none(result.loss0),
         "accuracy": finite_or_none(result.accuracy),
-        "curve": curve,
+        "curve": [eval_point_json(p) for p in result.curve],
         "bound_stats": result.bound_stats,
-        "result": data,
         "steps": int(result.steps),
         "duration_s": finite_or_none(result.duration_s),
         "error": None,
         "lease_expires_at": None,
         "finished_at": _now(db),
     }
-    from studies.db.optuna_bridge import capped_value
-
+    data = result.to_dict()
+    data.pop("curve", None)
+    data.pop("bound_stats", None)
+    values["result"] = data
     values["value"] = capped_value(result.state, values["loss"], values["loss0"])
     with db.session() as session:
         row = session.execute(
@@ -277,35 +283,37 @@ def complete_trial(
             .returning(TrialRow.attempts, TrialRow.started_at, TrialRow.finished_at),
             execution_options=_NO_SYNC,
         ).one_or_none()
-        if row is None:
-            return False
-        spec = (
-            session.execute(select(StudyRow.spec).where(StudyRow.id == claim.study_id)).scalar_one()
-            if optuna
-            else None
-        )
+    if row is None:
+        return False
+    claim.completion = (row.attempts, row.started_at, row.finished_at)
     if optuna:
-        from studies.db.optuna_bridge import record_trial
-
-        claim.optuna_trial_id = record_trial(
-            db.url,
-            study_id=claim.study_id,
-            spec=spec,
-            trial_id=claim.trial_id,
-            params=claim.params or claim.config.params(),
-            state=result.state,
-            loss=values["loss"],
-            loss0=values["loss0"],
-            accuracy=values["accuracy"],
-            intermediate={
-                p.step: float(p.val_loss) for p in result.curve if p.val_loss is not None
-            },
-            worker=_worker_dict(claim),
-            attempts=row.attempts,
-            started_at=row.started_at,
-            finished_at=row.finished_at,
-        )
+        mirror_in_optuna(db, claim, result)
     return True
+
+
+def mirror_in_optuna(db: Database, claim: ClaimedTrial, result: TrialResult) -> int:
+    """Writes a trial completed by complete_trial to the Optuna study, in one storage call."""
+    if claim.completion is None:
+        raise ValueError("claim: complete_trial has not stored this trial yet")
+    attempts, started_at, finished_at = claim.completion
+    claim.optuna_trial_id = record_trial(
+        db.url,
+        study_id=claim.study_id,
+        spec=None,
+        trial_id=claim.trial_id,
+        params=claim.params or claim.config.params(),
+        state=result.state,
+        loss=finite_or_none(result.loss),
+        loss0=finite_or_none(result.loss0),
+        accuracy=finite_or_none(result.accuracy),
+        intermediate={p.step: float(p.val_loss) for p in result.curve},
+        worker=_worker_dict(claim),
+        attempts=attempts,
+        started_at=started_at,
+        finished_at=finished_at,
+        db=db,
+    )
+    return claim.optuna_trial_id
 
 
 def _worker_dict(claim: ClaimedTrial) -> dict[str, Any] | None:
@@ -398,3 +406,17 @@ def requeue_expired(db: Database, *, max_attempts: int = DEFAULT_MAX_ATTEMPTS) -
             execution_options=_NO_SYNC,
         )
         return int(result.rowcount)
+
+
+def queue_counts(db: Database) -> dict[str, int]:
+    """How many trials of studies not cancelled are queued and running (for idle detection)."""
+    with db.session(readonly=True) as session:
+        rows = session.execute(
+            select(TrialRow.state, func.count())
+            .join(StudyRow, StudyRow.id == TrialRow.study_id)
+            .where(TrialRow.state.in_(("queued", "running")), StudyRow.cancelled.is_(False))
+            .group_by(TrialRow.state)
+        ).all()
+    counts = {"queued": 0, "running": 0}
+    counts.update({state: int(n) for state, n in rows})
+    return counts

@@ -1,0 +1,99 @@
+"""`python -m workers` / `adamod-lab-worker`: run one worker process against the database."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from studies.db.engine import database_url_from_env
+from studies.db.queue import DEFAULT_LEASE_SECONDS, DEFAULT_MAX_ATTEMPTS
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The worker's command line."""
+    parser = argparse.ArgumentParser(
+        prog="adamod-lab-worker",
+        description="Claim trials from the AdaMod Lab queue and train them, one at a time.",
+    )
+    parser.add_argument(
+        "--database-url",
+        default=None,
+        help="SQLAlchemy URL (default: $ADAMOD_LAB_DATABASE_URL or sqlite:///./adamod_lab.db)",
+    )
+    parser.add_argument("--device", default="auto", help="auto (default), cpu or cuda:N")
+    parser.add_argument(
+        "--lease-seconds",
+        type=float,
+        default=DEFAULT_LEASE_SECONDS,
+        help="lease length; a trial whose worker stops renewing it is requeued after this long",
+    )
+    parser.add_argument(
+        "--poll-interval", type=float, default=1.0, help="seconds between claims when idle"
+    )
+    parser.add_argument("--max-trials", type=int, default=None, help="exit after this many trials")
+    parser.add_argument(
+        "--exit-when-idle",
+        action="store_true",
+        help="exit once no trial is queued or running (instead of waiting for more)",
+    )
+    parser.add_argument(
+        "--max-attempts",
+        type=int,
+        default=DEFAULT_MAX_ATTEMPTS,
+        help="attempts per trial before it is marked failed",
+    )
+    parser.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=8.0,
+        help="on SIGTERM, seconds to wait for the next evaluation before handing the trial back",
+    )
+    parser.add_argument(
+        "--retry-timeout",
+        type=float,
+        default=300.0,
+        help="give up (exit 3) after the database was unreachable this long",
+    )
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parses the command line, runs the worker until it stops, returns the exit code."""
+    from workers.worker import Worker, WorkerOptions
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = getattr(logging, str(args.log_level).upper(), None)
+    if not isinstance(level, int):
+        parser.error(f"--log-level: unknown level {args.log_level!r}")
+    logging.basicConfig(
+        level=level, format="%(asctime)s worker[%(process)d] %(levelname)s %(message)s"
+    )
+    options = WorkerOptions(
+        database_url=args.database_url or database_url_from_env(),
+        device=args.device,
+        lease_seconds=args.lease_seconds,
+        poll_interval=args.poll_interval,
+        max_trials=args.max_trials,
+        exit_when_idle=args.exit_when_idle,
+        max_attempts=args.max_attempts,
+        shutdown_timeout=args.shutdown_timeout,
+        retry_timeout=args.retry_timeout,
+    )
+    try:
+        worker = Worker(options)
+    except ValueError as exc:
+        parser.error(str(exc))
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda s, _f: worker.request_stop(signal.Signals(s).name))
+    return worker.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,291 @@
+"""The worker loop: claim → train (reporting each evaluation) → complete, with a heartbeat,
+periodic requeueing of expired leases, database retries and graceful shutdown."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import socket
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+
+from studies.db.engine import Database
+from studies.db.optuna_bridge import record_trial_row, sync_optuna
+from studies.db.queue import (
+    DEFAULT_LEASE_SECONDS,
+    DEFAULT_MAX_ATTEMPTS,
+    ClaimedTrial,
+    WorkerInfo,
+    claim_next_trial,
+    complete_trial,
+    fail_attempt,
+    mirror_in_optuna,
+    queue_counts,
+    record_evaluation,
+    release_lease,
+    requeue_expired,
+)
+from workers.devices import select_device
+from workers.heartbeat import Heartbeat
+from workers.retry import RetryGaveUp, with_retries
+
+__all__ = ["Worker", "WorkerOptions"]
+
+log = logging.getLogger("workers")
+OPTUNA_SYNC_INTERVAL_S = 60.0
+MAX_TRACEBACK_CHARS = 4000
+
+
+@dataclass
+class WorkerOptions:
+    """What `python -m workers` takes on its command line."""
+
+    database_url: str
+    device: str = "auto"
+    lease_seconds: float = DEFAULT_LEASE_SECONDS
+    poll_interval: float = 1.0
+    max_trials: int | None = None
+    exit_when_idle: bool = False
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    shutdown_timeout: float = 8.0
+    retry_timeout: float = 300.0
+
+    def validate(self) -> None:
+        """Raises ValueError naming the command-line flag of the first bad option."""
+        for flag, value, low in (
+            ("--lease-seconds", self.lease_seconds, 0.1),
+            ("--poll-interval", self.poll_interval, 0.0),
+            ("--shutdown-timeout", self.shutdown_timeout, 0.0),
+            ("--retry-timeout", self.retry_timeout, 0.0),
+        ):
+            if not isinstance(value, int | float) or not math.isfinite(value) or value < low:
+                raise ValueError(f"{flag}: must be a number >= {low} (got {value!r})")
+        if self.max_trials is not None and self.max_trials < 1:
+            raise ValueError(f"--max-trials: must be >= 1 (got {self.max_trials})")
+        if self.max_attempts < 1:
+            raise ValueError(f"--max-attempts: must be >= 1 (got {self.max_attempts})")
+
+
+class Worker:
+    """One worker process: trains one trial at a time from the shared queue."""
+
+    def __init__(self, options: WorkerOptions) -> None:
+        options.validate()
+        self.options = options
+        self.device = select_device(options.device)
+        self.info = WorkerInfo(host=socket.gethostname(), pid=os.getpid(), device=self.device)
+        self.db = Database(options.database_url)
+        self.shutdown = threading.Event()
+        self.trials_run = 0
+        self._current: ClaimedTrial | None = None
+        self._pending_optuna: list[tuple[int, int]] = []
+        self._watchdog: threading.Thread | None = None
+        self._sweep_interval = max(0.5, min(options.lease_seconds / 2, 30.0))
+        self._last_sweep = -math.inf
+        self._last_optuna_sync = time.monotonic()
+
+    # -- plumbing -------------------------------------------------------------------------------
+
+    def _retry(self, call, what: str, give_up_after_s: float | None = None):  # type: ignore[no-untyped-def]
+        return with_retries(
+            call,
+            what=what,
+            give_up_after_s=self.options.retry_timeout
+            if give_up_after_s is None
+            else give_up_after_s,
+        )
+
+    def request_stop(self, reason: str = "signal") -> None:
+        """Asks the worker to stop: the current trial is handed back at its next evaluation, or
+        by the watchdog after --shutdown-timeout; a second request hands it back at once."""
+        if self.shutdown.is_set():
+            log.info("second stop request (%s): handing back now", reason)
+            self._hand_back_and_exit()
+            return
+        log.info("stop requested (%s)", reason)
+        self.shutdown.set()
+        if self._current is not None and self._watchdog is None:
+            self._watchdog = threading.Thread(
+                target=self._watch, name="shutdown-watchdog", daemon=True
+            )
+            self._watchdog.start()
+
+    def _watch(self) -> None:
+        claim = self._current
+        deadline = time.monotonic() + self.options.shutdown_timeout
+        while time.monotonic() < deadline:
+            if self._current is not claim or claim is None:
+                return
+            time.sleep(0.05)
+        if self._current is claim and claim is not None:
+            log.warning(
+                "trial %d did not stop within %.1f s", claim.trial_id, self.options.shutdown_timeout
+            )
+            self._hand_back_and_exit()
+
+    def _hand_back_and_exit(self) -> None:
+        claim = self._current
+        if claim is not None:
+            try:
+                handed = release_lease(self.db, claim)
+                log.info("trial %d handed back: %s", claim.trial_id, handed)
+            except Exception as exc:  # the lease will expire instead
+                log.warning("trial %d: hand back failed: %s", claim.trial_id, exc)
+        self._flush_pending()
+        logging.shutdown()
+        os._exit(0)
+
+    def _flush_pending(self) -> None:
+        if not self._pending_optuna:
+            return
+        from studies.db.queue import record_optuna_ids
+
+        pairs = list(self._pending_optuna)
+        try:
+            with self.db.session() as session:
+                record_optuna_ids(session, pairs)
+            self._pending_optuna.clear()
+        except Exception as exc:  # the Optuna sync finds them later
+            log.warning("could not mark %d trials as mirrored: %s", len(pairs), exc)
+
+    def _sweep(self, *, force_sync: bool = False) -> None:
+        """Requeues expired leases (any worker may), and mirrors stragglers in Optuna."""
+        try:
+            reclaimed = requeue_expired(self.db, max_attempts=self.options.max_attempts)
+            if reclaimed:
+                log.info("requeued %d trial(s) whose lease expired", reclaimed)
+            now = time.monotonic()
+            if force_sync or now - self._last_optuna_sync >= OPTUNA_SYNC_INTERVAL_S:
+                self._last_optuna_sync = now
+                older = 2.0 if force_sync else OPTUNA_SYNC_INTERVAL_S
+                written = sync_optuna(self.db, older_than_s=older)
+                if written:
+                    log.info("mirrored %d finished trial(s) in Optuna", written)
+        except Exception as exc:
+            log.warning("sweep failed: %s", exc)
+
+    def _drained(self) -> bool:
+        self._sweep(force_sync=True)
+        counts = self._retry(lambda: queue_counts(self.db), "count queue")
+        return counts["queued"] == 0 and counts["running"] == 0
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Runs until stopped, --max-trials or (--exit-when-idle) an empty queue; the exit code."""
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        log.info("worker %s pid %d on %s", self.info.host, self.info.pid, self.device)
+        try:
+            self._retry(self.db.migrate, "migrate")
+            while not self.shutdown.is_set():
+                if time.monotonic() - self._last_sweep >= self._sweep_interval:
+                    self._last_sweep = time.monotonic()
+                    self._sweep()
+                pending = list(self._pending_optuna)
+                claim = self._retry(
+                    lambda pending=pending: claim_next_trial(
+                        self.db,
+                        self.info,
+                        lease_seconds=self.options.lease_seconds,
+                        optuna_ids=pending,
+                    ),
+                    "claim",
+                )
+                del self._pending_optuna[: len(pending)]
+                if claim is None:
+                    if self.options.exit_when_idle and self._drained():
+                        log.info("queue drained: exiting")
+                        break
+                    self.shutdown.wait(self.options.poll_interval)
+                    continue
+                self._run_claim(claim)
+                self.trials_run += 1
+                if self.options.max_trials and self.trials_run >= self.options.max_trials:
+                    break
+        except RetryGaveUp as exc:
+            log.error("giving up: %s", exc)
+            return 3
+        finally:
+            self._flush_pending()
+            self.db.dispose()
+        log.info("worker exiting after %d trial(s)", self.trials_run)
+        return 0
+
+    def _run_claim(self, claim: ClaimedTrial) -> None:
+        from studies.trial import run_trial
+
+        log.info(
+            "trial %d (study %d, attempt %d) claimed", claim.trial_id, claim.study_id, claim.attempt
+        )
+        self._current = claim
+        if self.shutdown.is_set() and self._watchdog is None:
+            self.request_stop("stop during claim")
+        try:
+            with Heartbeat(self.db, claim, interval_s=self.options.lease_seconds / 3) as heartbeat:
+
+                def report(point) -> bool:  # type: ignore[no-untyped-def]
+                    if self.shutdown.is_set() or heartbeat.lost.is_set():
+                        return True
+                    keep = self._retry(
+                        lambda: record_evaluation(self.db, claim, point), "record evaluation"
+                    )
+                    return not keep
+
+                try:
+                    result = run_trial(claim.config, self.device, report=report)
+                except RetryGaveUp:
+                    raise
+                except Exception as exc:
+                    self._fail(claim, exc)
+                    return
+            if result.state == "cancelled":
+                handed = self._retry(
+                    lambda: release_lease(self.db, claim, keep_curve=True), "hand back"
+                )
+                log.info("trial %d stopped early (handed back: %s)", claim.trial_id, handed)
+                return
+            stored = self._retry(
+                lambda: complete_trial(self.db, claim, result, optuna=False), "complete"
+            )
+            if not stored:
+                log.warning(
+                    "trial %d: lease lost before completion; result dropped", claim.trial_id
+                )
+                return
+            try:
+                optuna_id = self._retry(
+                    lambda: mirror_in_optuna(self.db, claim, result), "optuna", give_up_after_s=30
+                )
+                self._pending_optuna.append((claim.trial_id, optuna_id))
+            except Exception as exc:  # sync_optuna writes it later
+                log.warning("trial %d: Optuna write failed: %s", claim.trial_id, exc)
+            log.info("trial %d %s in %.2f s", claim.trial_id, result.state, result.duration_s)
+        finally:
+            self._current = None
+
+    def _fail(self, claim: ClaimedTrial, exc: BaseException) -> None:
+        trace = "".join(traceback.format_exception(exc))[-MAX_TRACEBACK_CHARS:]
+        message = f"{type(exc).__name__}: {exc}\n{trace}"
+        state = self._retry(
+            lambda: fail_attempt(self.db, claim, message, max_attempts=self.options.max_attempts),
+            "record failure",
+        )
+        log.warning(
+            "trial %d attempt %d raised %s -> %s",
+            claim.trial_id,
+            claim.attempt,
+            type(exc).__name__,
+            state,
+        )
+        if state == "failed":
+            try:
+                optuna_id = record_trial_row(self.db, claim.trial_id)
+                if optuna_id is not None:
+                    self._pending_optuna.append((claim.trial_id, optuna_id))
+            except Exception as err:
+                log.warning("trial %d: Optuna write failed: %s", claim.trial_id, err)
