@@ -1,0 +1,72 @@
+"""Exception handlers: every client mistake becomes a JSON {"detail": ...} 4xx, never a 500."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+log = logging.getLogger("adamod_lab.service")
+
+
+def json_safe(value: Any) -> Any:
+    """Returns ``value`` with non-finite floats replaced by None, so strict JSON can encode it."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def _scalar_input(value: Any) -> Any:
+    # Echo the offending value only when it is small and JSON-safe; a 1 MB list or a NaN stays out.
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int):
+        return value if abs(value) < 10**18 else str(value)[:40] + "..."
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, str):
+        return value if len(value) <= 200 else value[:200] + "..."
+    return None
+
+
+def validation_details(errors: Sequence[Any], prefix: tuple[str | int, ...] = ()) -> list[dict]:
+    """pydantic errors as FastAPI's 422 list: loc (field path), msg, type, and a small input."""
+    details = []
+    for error in errors:
+        item: dict[str, Any] = {
+            "loc": [*prefix, *error.get("loc", ())],
+            "msg": str(error.get("msg", "invalid value")),
+            "type": str(error.get("type", "value_error")),
+        }
+        if "input" in error:
+            safe = _scalar_input(error["input"])
+            if safe is not None:
+                item["input"] = safe
+        details.append(item)
+    return details
+
+
+async def _request_validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    return JSONResponse(status_code=422, content={"detail": validation_details(exc.errors())})
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    # A bug, not a client error: log it with the traceback and keep the body terse.
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return JSONResponse(status_code=500, content={"detail": "internal server error"})
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Registers the handlers on ``app``."""
+    app.add_exception_handler(RequestValidationError, _request_validation_error)
+    app.add_exception_handler(Exception, _unexpected_error)

@@ -1,0 +1,94 @@
+"""An in-memory LRU of robustness reports, keyed by a study's progress so it is never stale."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+from service.errors import json_safe
+
+
+@dataclass
+class CachedReport:
+    """One study's report at one progress: the model, its JSON, and figures rendered on demand."""
+
+    version: tuple
+    report: Any
+    json_bytes: bytes
+    title: str
+    plots: dict[str, bytes] = field(default_factory=dict)
+    html: str | None = None
+
+
+def report_version(view: Any) -> tuple:
+    """What identifies the records behind a report: trials only ever move forward in state."""
+    progress = view.progress
+    return (view.status, *(int(progress.get(k, 0)) for k in sorted(progress)))
+
+
+def is_complete(view: Any) -> bool:
+    """A report is final once no trial of the study is queued or running."""
+    return int(view.progress.get("queued", 0)) == 0 and int(view.progress.get("running", 0)) == 0
+
+
+class ReportCache:
+    """Builds reports from stored records at most once per study progress."""
+
+    def __init__(self, max_entries: int = 16) -> None:
+        self.max_entries = max_entries
+        self._entries: OrderedDict[int, CachedReport] = OrderedDict()
+        self._lock = threading.Lock()
+        self._study_locks: dict[int, threading.Lock] = {}
+
+    def get(self, db: Any, view: Any) -> CachedReport:
+        """The report of the study ``view`` describes, computed only when its progress changed."""
+        version = report_version(view)
+        with self._lock:
+            cached = self._entries.get(view.id)
+            if cached is not None and cached.version == version:
+                self._entries.move_to_end(view.id)
+                return cached
+            study_lock = self._study_locks.setdefault(view.id, threading.Lock())
+        # One computation per study at a time; a concurrent request waits and reuses it.
+        with study_lock:
+            with self._lock:
+                cached = self._entries.get(view.id)
+                if cached is not None and cached.version == version:
+                    return cached
+            entry = self._build(db, view, version)
+            with self._lock:
+                if self.max_entries > 0:
+                    self._entries[view.id] = entry
+                    self._entries.move_to_end(view.id)
+                    while len(self._entries) > self.max_entries:
+                        self._entries.popitem(last=False)
+            return entry
+
+    def _build(self, db: Any, view: Any, version: tuple) -> CachedReport:
+        from studies.db import load_records
+        from studies.report import build_report
+
+        records = load_records(db, view.id) or []
+        report = build_report(records, complete=is_complete(view))
+        payload = json_safe(report.model_dump(mode="json"))
+        json_bytes = json.dumps(payload, allow_nan=False, separators=(",", ":")).encode()
+        return CachedReport(version=version, report=report, json_bytes=json_bytes, title=view.name)
+
+    def plot(self, entry: CachedReport, name: str) -> bytes:
+        """The PNG of figure ``name`` for ``entry``, rendered once."""
+        if name not in entry.plots:
+            from studies.plots import render_plot
+
+            entry.plots[name] = render_plot(entry.report, name)
+        return entry.plots[name]
+
+    def html(self, entry: CachedReport) -> str:
+        """The self-contained HTML page of ``entry``, rendered once."""
+        if entry.html is None:
+            from studies.html import render_html
+
+            entry.html = render_html(entry.report, entry.title)
+        return entry.html

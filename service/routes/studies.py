@@ -1,0 +1,151 @@
+"""Studies: submit (idempotent), list, read, cancel, and list a study's trials."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+
+from service.body import parse_json, validate_spec
+from service.deps import MAX_ID, CallerDep, DbDep, ReaderDep, SettingsDep, StudyId
+from service.errors import json_safe
+from service.schemas import STUDY_SPEC_EXAMPLES, StudyOut, StudyStatus, TrialOut
+from service.views import not_found, study_out
+from studies.db import (
+    IdempotencyConflict,
+    cancel_study,
+    create_study,
+    get_study,
+    list_studies,
+    list_trials,
+)
+
+router = APIRouter(prefix="/studies", tags=["studies"])
+
+# The body is read and validated by hand (validate_spec) so that the server's max_trials reaches
+# StudySpec's validators as context; this tells OpenAPI what the body is all the same.
+_SPEC_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {"$ref": "#/components/schemas/StudySpec"},
+                "examples": STUDY_SPEC_EXAMPLES,
+            }
+        },
+    }
+}
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"description": "Tokens are configured and none (or a wrong one) was sent."},
+    404: {"description": "No study with this id."},
+}
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=200,
+        pattern=r"^[\x21-\x7e][\x20-\x7e]*$",
+        description="Repeat a POST safely: the same key with the same body returns the same study.",
+    ),
+]
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=StudyOut,
+    openapi_extra=_SPEC_BODY,
+    responses={
+        401: _ERRORS[401],
+        409: {"description": "Idempotency-Key already used with a different body."},
+        413: {"description": "Request body too large."},
+    },
+    summary="Submit a study",
+)
+async def submit_study(
+    request: Request,
+    response: Response,
+    db: DbDep,
+    settings: SettingsDep,
+    caller: CallerDep,
+    idempotency_key: IdempotencyKey = None,
+) -> StudyOut:
+    """Validates the StudySpec, expands its grid and queues every trial in one transaction.
+
+    A repeated request with the same `Idempotency-Key` and the same body answers 201 with the
+    study created the first time (nothing new is queued); the same key with another body is 409.
+    """
+    spec = validate_spec(parse_json(await request.body()), max_trials=settings.max_trials)
+    try:
+        view = await run_in_threadpool(create_study, db, spec, idempotency_key=idempotency_key)
+    except IdempotencyConflict:
+        raise HTTPException(
+            status_code=409,
+            detail="Idempotency-Key was already used with a different study spec",
+        ) from None
+    out = study_out(view)
+    response.headers["Location"] = out.links.self
+    return out
+
+
+@router.get("", response_model=list[StudyOut], summary="List studies, newest first")
+def read_studies(
+    db: DbDep,
+    reader: ReaderDep,
+    status: Annotated[StudyStatus | None, Query(description="Only studies in this status.")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
+) -> list[StudyOut]:
+    """Every study (paged), newest first, optionally only those in one status."""
+    return [study_out(v) for v in list_studies(db, status=status, limit=limit, offset=offset)]
+
+
+@router.get("/{study_id}", response_model=StudyOut, responses={404: _ERRORS[404]})
+def read_study(study_id: StudyId, db: DbDep, reader: ReaderDep) -> StudyOut:
+    """One study with its status and progress."""
+    view = get_study(db, study_id)
+    if view is None:
+        raise not_found(study_id)
+    return study_out(view)
+
+
+@router.delete(
+    "/{study_id}",
+    response_model=StudyOut,
+    responses={401: _ERRORS[401], 404: _ERRORS[404]},
+    summary="Cancel a study",
+)
+def delete_study(study_id: StudyId, db: DbDep, caller: CallerDep) -> StudyOut:
+    """Cancels: queued trials never run, running ones stop at their next evaluation."""
+    view = cancel_study(db, study_id)
+    if view is None:
+        raise not_found(study_id)
+    return study_out(view)
+
+
+@router.get("/{study_id}/trials", response_model=list[TrialOut], responses={404: _ERRORS[404]})
+def read_trials(study_id: StudyId, db: DbDep, reader: ReaderDep) -> list[TrialOut]:
+    """Every trial of the study: params, state, value, curve, attempts, worker, duration."""
+    trials = list_trials(db, study_id)
+    if trials is None:
+        raise not_found(study_id)
+    return [
+        TrialOut(
+            id=t.id,
+            number=t.number,
+            params=json_safe(t.params),
+            state=t.state,
+            value=json_safe(t.value),
+            loss0=json_safe(t.loss0),
+            accuracy=json_safe(t.accuracy),
+            curve=json_safe(list(t.curve or [])),
+            attempts=t.attempts,
+            worker=t.worker,
+            duration_s=json_safe(t.duration_s),
+            error=t.error,
+            bound_stats=json_safe(t.bound_stats),
+        )
+        for t in trials
+    ]

@@ -1,0 +1,58 @@
+"""The service's configuration: one pydantic-settings object read from ADAMOD_LAB_* variables."""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_DATABASE_URL = "sqlite:///./adamod_lab.db"
+
+
+def _default_database_url() -> str:
+    # Same rule as studies.db.database_url_from_env, without importing the database layer here.
+    return os.environ.get("ADAMOD_LAB_DATABASE_URL") or DEFAULT_DATABASE_URL
+
+
+class Settings(BaseSettings):
+    """Everything the API server can be told, from the environment or as keyword arguments."""
+
+    model_config = SettingsConfigDict(env_prefix="ADAMOD_LAB_", extra="ignore")
+
+    database_url: str = Field(
+        default_factory=_default_database_url,
+        description="SQLAlchemy URL of the one database (SQLite file or PostgreSQL via psycopg).",
+    )
+    api_tokens: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        repr=False,
+        description="Comma-separated bearer tokens; when set, mutating routes require one.",
+    )
+    protect_reads: bool = Field(
+        default=False, description="Also require a token on read routes (when tokens are set)."
+    )
+    host: str = Field(default="127.0.0.1", description="Interface to bind; loopback by default.")
+    port: int = Field(default=8000, ge=0, le=65535)
+    max_trials: int = Field(default=5000, ge=1, description="Largest grid a study may have.")
+    max_body_bytes: int = Field(default=1_000_000, ge=1024, description="Largest request body.")
+    db_wait_seconds: float = Field(
+        default=60.0, ge=0, description="How long start-up waits for the database to come up."
+    )
+    report_cache_size: int = Field(default=16, ge=0, description="Reports kept in memory.")
+
+    @field_validator("api_tokens", mode="before")
+    @classmethod
+    def _split_tokens(cls, value: object) -> object:
+        # A comma-separated string in the environment; blanks around commas are ignored.
+        if isinstance(value, str):
+            return [token.strip() for token in value.split(",") if token.strip()]
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _non_empty_url(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("database_url must not be empty")
+        return value.strip()
