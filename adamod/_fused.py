@@ -11,6 +11,11 @@ from torch import Tensor
 _COMPILED: dict[bool, Callable[..., Any]] = {}
 
 
+# DiffMod's friction ξ = a · sigmoid(k · d) + b with d = |Δg| or Δg, as numbers rather than
+# branches so that every version shares one compiled graph
+_FRICTION = {0: (1.0, 1.0, 1.0, 0.0), 1: (0.0, 1.0, 1.0, 0.0), 2: (1.0, 9.0, 0.5, -4.0)}
+
+
 def _update_kernel(
     param: Tensor,
     grad: Tensor,
@@ -19,28 +24,21 @@ def _update_kernel(
     exp_avg_lr: Tensor,
     prev_grad: Tensor | None,
     hyper: Tensor,
-    version: int | None,
-    maximize: bool,
     with_stats: bool,
 ) -> Tensor | None:
     """The whole update of one tensor as pure tensor maths, for the compiler to fuse."""
-    beta1, beta2, beta3, c, eps, scale, decay = hyper.unbind()
-    grad = -grad if maximize else grad
+    beta1, beta2, beta3, c, eps, scale, decay, sign, use_abs, a, k, b = hyper.unbind()
+    grad = grad * sign  # sign = -1 maximizes
     exp_avg_new = exp_avg * beta1 + grad * (1 - beta1)  # m_t
     exp_avg_sq_new = exp_avg_sq * beta2 + grad * grad * (1 - beta2)  # v_t
     eta = c / (exp_avg_sq_new.sqrt() + eps)  # Adam's step size η_t
     exp_avg_lr_new = exp_avg_lr * beta3 + eta * (1 - beta3)  # s_t
     eff = torch.minimum(eta, exp_avg_lr_new)  # bounded step size
     direction = exp_avg_new
-    if version is not None:
-        assert prev_grad is not None
+    if prev_grad is not None:  # DiffMod
         diff = prev_grad - grad
-        if version == 0:
-            direction = direction * torch.sigmoid(diff.abs())
-        elif version == 1:
-            direction = direction * torch.sigmoid(diff)
-        else:
-            direction = direction * (9 * torch.sigmoid(0.5 * diff.abs()) - 4)
+        diff = diff.abs() * use_abs + diff * (1 - use_abs)  # exact for use_abs in {0, 1}
+        direction = direction * (a * torch.sigmoid(k * diff) + b)
         prev_grad.copy_(grad)
     param.copy_(param * decay - scale * eff * direction)
     exp_avg.copy_(exp_avg_new)
@@ -86,16 +84,7 @@ def fused_tensor_update(
     """Update one tensor in one compiled pass; return its partial bound statistics if asked."""
     # hyperparameters travel as one tensor so that new values (lr schedules, bias corrections)
     # never trigger a recompilation
-    hyper_t = torch.tensor(hyper, dtype=param.dtype, device=param.device)
-    return _compiled()(
-        param,
-        grad,
-        exp_avg,
-        exp_avg_sq,
-        exp_avg_lr,
-        prev_grad,
-        hyper_t,
-        version,
-        maximize,
-        with_stats,
-    )
+    sign = -1.0 if maximize else 1.0
+    friction = _FRICTION[0 if version is None else version]
+    hyper_t = torch.tensor((*hyper, sign, *friction), dtype=param.dtype, device=param.device)
+    return _compiled()(param, grad, exp_avg, exp_avg_sq, exp_avg_lr, prev_grad, hyper_t, with_stats)

@@ -1,0 +1,1 @@
+"""Test packages mirror the project layout (tests.adamod, tests.studies, ...)."""
