@@ -22,7 +22,8 @@ from studies.analysis.models import (
 )
 from studies.analysis.stats import (
     GOOD_GAP,
-    bootstrap_sensitivity_delta,
+    bootstrap_indices,
+    bootstrap_lr_sensitivity,
     budget_ks,
     expected_best_of_k,
     good_lr_run,
@@ -31,6 +32,7 @@ from studies.analysis.stats import (
     nan_quantiles,
     normalized_gaps,
     paired_deltas,
+    percentile_interval,
     seed_spread,
     wilcoxon_p,
 )
@@ -227,12 +229,35 @@ def build_warmup(configs: Sequence[ConfigReport]) -> list[WarmupComparison]:
 # --------------------------------------------------------------------------- comparison with Adam
 
 
+class _BootstrapCache:
+    """Bootstrap replicates of lr_sensitivity per (configuration, seed set), computed once.
+
+    The resampling indices depend only on the number of seeds and the seed, so Adam's replicates
+    are shared by every comparison instead of being recomputed for each.
+    """
+
+    def __init__(self, n_bootstrap: int, seed: int) -> None:
+        self.n_bootstrap = n_bootstrap
+        self.seed = seed
+        self._idx: dict[int, np.ndarray] = {}
+        self._sens: dict[tuple[ConfigKey, bytes], np.ndarray] = {}
+
+    def sensitivities(self, table: ConfigTable, seeds: np.ndarray) -> np.ndarray:
+        """(n_bootstrap,) lr_sensitivity of `table` with its seed columns resampled over `seeds`."""
+        key = (table.key, seeds.tobytes())
+        if key not in self._sens:
+            if seeds.size not in self._idx:
+                self._idx[seeds.size] = bootstrap_indices(seeds.size, self.n_bootstrap, self.seed)
+            matrix = align_seeds(table, seeds)
+            self._sens[key] = bootstrap_lr_sensitivity(matrix, self._idx[seeds.size])
+        return self._sens[key]
+
+
 def _comparison(
     key: tuple[str, float | None],
     cand: dict[int, tuple[ConfigTable, ConfigReport]],
     base: dict[int, tuple[ConfigTable, ConfigReport]],
-    n_bootstrap: int,
-    seed: int,
+    boot: _BootstrapCache,
 ) -> AdamComparison | None:
     """Pairs on (lr, warmup, seed), Wilcoxon p and bootstrap CI of the lr_sensitivity difference."""
     warmups = sorted(set(cand) & set(base))
@@ -240,12 +265,10 @@ def _comparison(
         return None
     seeds = np.unique(np.concatenate([t.seeds for w in warmups for t in (cand[w][0], base[w][0])]))
     deltas = []
-    matrices = []
     by_warmup = []
     for w in warmups:
         (tc, rc), (tb, rb) = cand[w], base[w]
         mc, mb = align_seeds(tc, seeds), align_seeds(tb, seeds)
-        matrices.append((mc, mb))
         _, ic, ib = np.intersect1d(tc.lrs, tb.lrs, return_indices=True)
         d = (mc[ic] - mb[ib]).ravel()
         deltas.append(d[~np.isnan(d)])
@@ -270,11 +293,16 @@ def _comparison(
         np.concatenate([cand[w][0].seeds for w in warmups]),
         np.concatenate([base[w][0].seeds for w in warmups]),
     )
-    ci = (
-        bootstrap_sensitivity_delta(matrices, n_bootstrap=n_bootstrap, seed=seed)
-        if shared.size >= 2
-        else None
-    )
+    ci = None
+    if shared.size >= 2 and boot.n_bootstrap > 0:
+        replicates = np.mean(
+            [
+                boot.sensitivities(cand[w][0], seeds) - boot.sensitivities(base[w][0], seeds)
+                for w in warmups
+            ],
+            axis=0,
+        )
+        ci = percentile_interval(replicates)
     opt, beta3 = key
     return AdamComparison(
         optimizer=opt,
@@ -286,7 +314,7 @@ def _comparison(
         wilcoxon_p=p,
         lr_sensitivity_delta=sens_delta,
         lr_sensitivity_delta_ci=None if ci is None else Interval(low=ci[0], high=ci[1]),
-        n_bootstrap=n_bootstrap,
+        n_bootstrap=boot.n_bootstrap,
         by_warmup=by_warmup,
         summary=_comparison_summary(
             opt, beta3, by_warmup[0], pairs, win_rate, median_delta, p, sens_delta, ci
@@ -338,10 +366,11 @@ def build_comparisons(
     if base is None:
         return []
     out = []
+    boot = _BootstrapCache(n_bootstrap, seed)
     for key, cand in by_key.items():
         if key[0] == BASELINE:
             continue
-        comp = _comparison(key, cand, base, n_bootstrap, seed)
+        comp = _comparison(key, cand, base, boot)
         if comp is not None:
             out.append(comp)
     return out

@@ -11,6 +11,8 @@ from scipy import stats as sps
 
 __all__ = [
     "GOOD_GAP",
+    "bootstrap_indices",
+    "bootstrap_lr_sensitivity",
     "bootstrap_sensitivity_delta",
     "budget_ks",
     "expected_best_of_k",
@@ -20,6 +22,7 @@ __all__ = [
     "nan_quantiles",
     "normalized_gaps",
     "paired_deltas",
+    "percentile_interval",
     "seed_spread",
     "wilcoxon_p",
 ]
@@ -150,6 +153,32 @@ def wilcoxon_p(deltas: np.ndarray) -> float | None:
     return p if math.isfinite(p) else None
 
 
+def bootstrap_indices(n_seeds: int, n_bootstrap: int, seed: int) -> np.ndarray:
+    """(n_bootstrap, n_seeds) seed columns drawn with replacement; the same for the same inputs."""
+    return np.random.default_rng(seed).integers(0, n_seeds, size=(n_bootstrap, n_seeds))
+
+
+def bootstrap_lr_sensitivity(matrix: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """lr_sensitivity of every resample: `matrix` is (n_lr, n_seeds), `idx` from bootstrap_indices.
+
+    Returns (n_bootstrap,); NaN for a resample in which no lr has any seed.
+    """
+    resampled = matrix[:, idx]  # (n_lr, B, n_seeds)
+    medians = nan_quantiles(resampled, [0.5], axis=-1)[0]  # (n_lr, B)
+    return lr_sensitivity(medians.T)
+
+
+def percentile_interval(replicates: np.ndarray, level: float = 0.95) -> tuple[float, float] | None:
+    """Percentile interval of the finite bootstrap replicates; None when there are none."""
+    reps = np.asarray(replicates, dtype=float)
+    reps = reps[np.isfinite(reps)]
+    if reps.size == 0:
+        return None
+    alpha = (1.0 - level) / 2.0
+    lo, hi = np.quantile(reps, [alpha, 1.0 - alpha])
+    return float(lo), float(hi)
+
+
 def bootstrap_sensitivity_delta(
     pairs_of_matrices: Sequence[tuple[np.ndarray, np.ndarray]],
     *,
@@ -169,23 +198,11 @@ def bootstrap_sensitivity_delta(
     n_seeds = pairs_of_matrices[0][0].shape[1]
     if n_seeds < 2:
         return None
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, n_seeds, size=(n_bootstrap, n_seeds))
+    idx = bootstrap_indices(n_seeds, n_bootstrap, seed)
     total = np.zeros(n_bootstrap)
     for cand, base in pairs_of_matrices:
-        sens = []
-        for mat in (cand, base):
-            resampled = mat[:, idx]  # (n_lr, B, n_seeds)
-            medians = nan_quantiles(resampled, [0.5], axis=-1)[0]  # (n_lr, B)
-            sens.append(lr_sensitivity(medians.T))  # (B,)
-        total += sens[0] - sens[1]
-    total /= len(pairs_of_matrices)
-    total = total[np.isfinite(total)]
-    if total.size == 0:
-        return None
-    alpha = (1.0 - level) / 2.0
-    lo, hi = np.quantile(total, [alpha, 1.0 - alpha])
-    return float(lo), float(hi)
+        total += bootstrap_lr_sensitivity(cand, idx) - bootstrap_lr_sensitivity(base, idx)
+    return percentile_interval(total / len(pairs_of_matrices), level)
 
 
 def _log_factorials(n: int) -> np.ndarray:

@@ -59,9 +59,29 @@ class ConfigTable:
     loss0: float | None  # median loss0 over this configuration's records
 
 
-def _lr_key(lr: float) -> float:
-    """lr rounded to 12 significant digits, so grid values that went through text still match."""
-    return float(f"{lr:.12g}")
+def _lr_keys(lrs: np.ndarray) -> np.ndarray:
+    """lrs rounded to 12 significant digits, so grid values that went through text still match.
+
+    Formatting runs once per distinct value, not once per record.
+    """
+    uniq, inverse = np.unique(lrs, return_inverse=True)
+    rounded = np.array([float(f"{x:.12g}") for x in uniq.tolist()])
+    return rounded[inverse]
+
+
+def _attributes(records: Iterable[Any]) -> list[tuple[Any, ...]]:
+    """The analysed fields of every record; ValueError('records[i] ...') for a non-record."""
+    out = []
+    for i, r in enumerate(records):
+        try:
+            out.append((r.state, r.optimizer, r.beta3, r.warmup_steps, r.seed, r.lr,
+                        r.capped_loss, r.loss0))  # fmt: skip
+        except AttributeError:
+            missing = [f for f in _FIELDS if not hasattr(r, f)] or ["capped_loss"]
+            raise ValueError(
+                f"records[{i}] is not a TrialRecord: missing {', '.join(missing)}"
+            ) from None
+    return out
 
 
 def group_records(records: Iterable[Any]) -> tuple[list[ConfigTable], int]:
@@ -70,37 +90,31 @@ def group_records(records: Iterable[Any]) -> tuple[list[ConfigTable], int]:
     Records whose state is not completed/diverged, without a finite capped loss, or with a
     non-positive lr are ignored. Objects lacking a TrialRecord field raise ValueError('records').
     """
-    cols: dict[ConfigKey, list[tuple[float, int, float, bool, float | None]]] = {}
-    used = 0
-    for i, r in enumerate(records):
-        missing = [f for f in _FIELDS if not hasattr(r, f)]
-        if missing:
-            raise ValueError(f"records[{i}] is not a TrialRecord: missing {', '.join(missing)}")
-        if r.state not in USED_STATES:
+    groups: dict[tuple[str, float | None, int], list[tuple[Any, ...]]] = {}
+    isfinite = math.isfinite
+    for state, opt, beta3, warmup, seed, lr, capped, loss0 in _attributes(records):
+        if state not in USED_STATES or capped is None or not isfinite(capped):
             continue
-        capped = r.capped_loss
-        lr = r.lr
-        if capped is None or not math.isfinite(capped) or not (math.isfinite(lr) and lr > 0):
+        if not (isfinite(lr) and lr > 0):
             continue
-        beta3 = None if r.optimizer not in BOUNDED or r.beta3 is None else float(r.beta3)
-        key = ConfigKey(str(r.optimizer), beta3, int(r.warmup_steps))
-        loss0 = r.loss0 if r.loss0 is not None and math.isfinite(r.loss0) else None
-        cols.setdefault(key, []).append(
-            (_lr_key(lr), int(r.seed), float(capped), r.state == "diverged", loss0)
-        )
-        used += 1
-    tables = [_table(k, rows) for k, rows in cols.items()]
+        if opt not in BOUNDED:
+            beta3 = None  # β3 means nothing to the other optimizers
+        key = (opt, None if beta3 is None else float(beta3), int(warmup))
+        loss0 = loss0 if loss0 is not None and isfinite(loss0) else None
+        groups.setdefault(key, []).append((lr, seed, capped, state == "diverged", loss0))
+    tables = [_table(ConfigKey(str(k[0]), k[1], k[2]), rows) for k, rows in groups.items()]
     tables.sort(key=lambda t: t.key.sort_key())
-    return tables, used
+    return tables, sum(t.n_trials for t in tables)
 
 
-def _table(key: ConfigKey, rows: list[tuple[float, int, float, bool, float | None]]) -> ConfigTable:
+def _table(key: ConfigKey, rows: list[tuple[Any, ...]]) -> ConfigTable:
     """Turn one configuration's rows into its lr × seed matrix."""
-    lr = np.array([r[0] for r in rows])
-    seed = np.array([r[1] for r in rows])
-    capped = np.array([r[2] for r in rows])
-    diverged = np.array([r[3] for r in rows], dtype=float)
-    loss0s = [r[4] for r in rows if r[4] is not None]
+    lr_col, seed_col, capped_col, div_col, loss0_col = zip(*rows, strict=True)
+    lr = _lr_keys(np.array(lr_col, dtype=float))
+    seed = np.array(seed_col, dtype=int)
+    capped = np.array(capped_col, dtype=float)
+    diverged = np.array(div_col, dtype=float)
+    loss0s = [x for x in loss0_col if x is not None]
     lrs, lr_idx = np.unique(lr, return_inverse=True)
     seeds, seed_idx = np.unique(seed, return_inverse=True)
     total = np.zeros((lrs.size, seeds.size))

@@ -240,3 +240,13 @@ def test_bad_records_name_the_argument():
         build_report("adam")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"records\[1\]"):
         build_report([ADAM[0], object()])
+
+
+def test_report_interval_is_the_seed_bootstrap_of_the_hand_matrices():
+    from studies.analysis.stats import bootstrap_sensitivity_delta
+
+    adam = np.array([[1.0, 1.2, 1.4], [0.5, 0.5, 0.7], [2.0, 2.0, 1.0]])  # lr × seed, capped
+    adamod = np.array([[0.6, 0.62, 0.64], [0.6, 0.6, 0.6], [0.64, 0.70, np.nan]])
+    expected = bootstrap_sensitivity_delta([(adamod, adam)], n_bootstrap=500, seed=5)
+    ci = build_report(ADAM + ADAMOD, n_bootstrap=500, seed=5).comparisons[0].lr_sensitivity_delta_ci
+    assert ci is not None and (ci.low, ci.high) == pytest.approx(expected)
