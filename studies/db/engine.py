@@ -130,9 +130,9 @@ class Database:
         with factory() as session:
             try:
                 yield session
-                if readonly:
-                    session.rollback()
-                else:
+                # A read-only session just closes: its transaction ends without expiring the
+                # objects it loaded, so callers can still read them.
+                if not readonly:
                     session.commit()
             except BaseException:
                 session.rollback()

@@ -1,0 +1,1 @@
+"""Tests of studies/db: repository, queue, migrations, Optuna bridge."""
