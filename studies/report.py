@@ -48,6 +48,7 @@ from studies.analysis.tables import (
 __all__ = [
     "BASELINE",
     "GOOD_GAP",
+    "MAX_BOOTSTRAP",
     "Report",
     "build_budget",
     "build_comparisons",
@@ -66,6 +67,8 @@ __all__ = [
 
 #: The optimizer every other one is compared with.
 BASELINE = "adam"
+#: Upper bound on bootstrap resamples: memory grows as lrs × resamples × seeds per configuration.
+MAX_BOOTSTRAP = 100_000
 _NAMES = {"adam": "Adam", "adamw": "AdamW", "adamod": "AdaMod", "diffmod": "DiffMod", "sgd": "SGD"}
 
 
@@ -92,9 +95,11 @@ def _warmup_words(steps: int) -> str:
     return "no warmup" if steps == 0 else f"{steps} warmup steps"
 
 
-def _decades(x: float | None) -> str:
-    """good_lr_decades for a sentence."""
-    return "n/a (no lr made progress)" if x is None else f"{x:.2g}"
+def _good_range(x: float | None) -> str:
+    """good_lr_decades for a sentence: 'good over 1.5 decades of lr'."""
+    if x is None:
+        return "no lr made progress"
+    return f"good over {x:.2g} decade{'' if x == 1 else 's'} of lr"
 
 
 # --------------------------------------------------------------------------- per configuration
@@ -210,8 +215,8 @@ def build_warmup(configs: Sequence[ConfigReport]) -> list[WarmupComparison]:
         ]
         name = display_name(opt) + ("" if beta3 is None else f" β3={beta3:g}")
         parts = [
-            f"{_warmup_words(e.warmup_steps)}: good over {_decades(e.good_lr_decades)} decades "
-            f"of lr, best L {_fmt(e.best_loss)}, "
+            f"{_warmup_words(e.warmup_steps)}: {_good_range(e.good_lr_decades)}, "
+            f"best L {_fmt(e.best_loss)}, "
             f"{e.divergence_rate:.0%} diverged"
             for e in entries
         ]
@@ -337,8 +342,13 @@ def _comparison_summary(
     name = display_name(opt) + ("" if beta3 is None else f" β3={beta3:g}")
     base = display_name(BASELINE)
     text = (
-        f"{name} vs {base}: good over {_decades(first.good_lr_decades)} decades of lr vs "
-        f"{_decades(first.baseline_good_lr_decades)} (warmup {first.warmup_steps})"
+        f"{name} vs {base} ({_warmup_words(first.warmup_steps)}): "
+        f"{_good_range(first.good_lr_decades)} vs "
+        + (
+            f"{first.baseline_good_lr_decades:.2g} for {base}"
+            if first.baseline_good_lr_decades is not None
+            else f"none for {base} (no lr made progress)"
+        )
     )
     if pairs:
         text += (
@@ -414,7 +424,7 @@ def _headline(
     lines += [c.summary for c in comparisons]
     if not comparisons:
         lines += [
-            f"{c.label}: good over {_decades(c.good_lr_decades)} decades of lr, best L "
+            f"{c.label}: {_good_range(c.good_lr_decades)}, best L "
             f"{_fmt(c.best_loss)} at lr {c.best_lr:.3g}, {c.divergence_rate:.0%} diverged."
             for c in configs
         ]
@@ -437,8 +447,12 @@ def build_report(
     """
     if not isinstance(complete, bool):
         raise ValueError(f"complete must be a bool, got {complete!r}")
-    if isinstance(n_bootstrap, bool) or not isinstance(n_bootstrap, int) or n_bootstrap < 0:
-        raise ValueError(f"n_bootstrap must be an int >= 0, got {n_bootstrap!r}")
+    if (
+        isinstance(n_bootstrap, bool)
+        or not isinstance(n_bootstrap, int)
+        or not 0 <= n_bootstrap <= MAX_BOOTSTRAP
+    ):
+        raise ValueError(f"n_bootstrap must be an int in [0, {MAX_BOOTSTRAP}], got {n_bootstrap!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be an int >= 0, got {seed!r}")
     if isinstance(records, (str, bytes)) or not hasattr(records, "__iter__"):

@@ -14,16 +14,13 @@ __all__ = ["synthetic_records"]
 # How wide (in decades of lr) each optimizer's good basin is, and where it sits: Adam is made
 # lr-sensitive and AdaMod / DiffMod less so, as the paper claims, so that figures have something
 # to show. Numbers are invented; nothing is measured here.
+# (log10 of the optimal lr, basin width in decades, log10 of the lr above which most seeds diverge)
 _PROFILE = {
-    "adam": (
-        -3.0,
-        0.45,
-        -1.2,
-    ),  # (log10 optimal lr, basin width in decades, log10 lr of divergence)
-    "adamw": (-3.0, 0.5, -1.1),
-    "adamod": (-2.7, 0.9, 0.5),
-    "diffmod": (-2.7, 0.8, 0.5),
-    "sgd": (-1.0, 0.6, 0.3),
+    "adam": (-3.0, 0.5, -1.2),
+    "adamw": (-3.0, 0.55, -1.1),
+    "adamod": (-2.7, 1.2, 0.5),
+    "diffmod": (-2.7, 1.1, 0.5),
+    "sgd": (-1.0, 0.7, 0.3),
 }
 
 

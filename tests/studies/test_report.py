@@ -7,6 +7,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy import stats as sps
 
 from studies.analysis.models import Report
@@ -226,6 +228,7 @@ def test_json_round_trip_is_exact():
     [
         ({"n_bootstrap": -1}, "n_bootstrap"),
         ({"n_bootstrap": 1.5}, "n_bootstrap"),
+        ({"n_bootstrap": 10**6}, "n_bootstrap"),
         ({"seed": -3}, "seed"),
         ({"complete": "yes"}, "complete"),
     ],
@@ -250,3 +253,33 @@ def test_report_interval_is_the_seed_bootstrap_of_the_hand_matrices():
     expected = bootstrap_sensitivity_delta([(adamod, adam)], n_bootstrap=500, seed=5)
     ci = build_report(ADAM + ADAMOD, n_bootstrap=500, seed=5).comparisons[0].lr_sensitivity_delta_ci
     assert ci is not None and (ci.low, ci.high) == pytest.approx(expected)
+
+
+_loss = st.one_of(st.none(), st.floats(0.0, 5.0), st.sampled_from([math.nan, math.inf]))
+_record = st.builds(
+    TrialRecord,
+    optimizer=st.sampled_from(["adam", "adamw", "adamod", "diffmod", "sgd"]),
+    lr=st.sampled_from([1e-4, 1e-3, 1e-2, 1e-1, 0.0]),
+    beta3=st.sampled_from([None, 0.9, 0.999]),
+    warmup_steps=st.sampled_from([0, 100]),
+    seed=st.integers(0, 3),
+    state=st.sampled_from(["completed", "diverged", "running", "failed"]),
+    loss=_loss,
+    loss0=st.one_of(st.none(), st.floats(0.5, 5.0)),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(_record, max_size=40), st.booleans())
+def test_any_partial_data_gives_a_report_that_round_trips(records, complete):
+    report = build_report(records, complete=complete, n_bootstrap=20)
+    assert report.complete is complete and report.n_records == len(records)
+    body = json.loads(json.dumps(report.model_dump(mode="json"), allow_nan=False))
+    assert Report.model_validate(body) == report
+    for c in report.configs:
+        assert c.best_loss == min(p.median for p in c.curve)
+        assert c.lr_sensitivity >= 0 and 0 <= c.divergence_rate <= 1
+        assert c.lr_sensitivity_norm is None or 0 <= c.lr_sensitivity_norm <= 1
+        assert all(p.p25 <= p.median <= p.p75 for p in c.curve)
+    for cmp in report.comparisons:
+        assert cmp.wilcoxon_p is None or 0 <= cmp.wilcoxon_p <= 1
