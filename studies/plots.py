@@ -205,7 +205,9 @@ def _figure(n_panels: int, extra_width: float = 0.0) -> tuple[Any, list[Any]]:
     cols = min(max(n_panels, 1), _MAX_COLS)
     rows = math.ceil(max(n_panels, 1) / cols)
     width = (_PANEL_W * cols if cols > 1 else 8.0) + extra_width
-    fig = figure_cls(figsize=(width, _PANEL_H * rows + 1.2), dpi=_DPI)
+    fig = figure_cls(
+        figsize=(width, _PANEL_H * rows + (1.2 if rows > 1 or cols > 1 else 0.6)), dpi=_DPI
+    )
     canvas_cls(fig)
     axes = fig.subplots(rows, cols, squeeze=False).ravel().tolist()
     for ax in axes[n_panels:]:
@@ -245,6 +247,12 @@ def _no_data(name: str, why: str) -> bytes:
 
 
 def _draw_curves(fig: Any, axes: list[Any], panels: list[CurvePanel], *, by_family: bool) -> None:
+    """Draw the panels, then the legend and layout (see _legend_and_layout)."""
+    handles = _draw_curve_panels(axes, panels, by_family=by_family)
+    _legend_and_layout(fig, handles, len(axes))
+
+
+def _draw_curve_panels(axes: list[Any], panels: list[CurvePanel], *, by_family: bool) -> list[Any]:
     """Median lines with p25–p75 bands, diverged x marks and the loss0 line, one legend below."""
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
@@ -276,14 +284,22 @@ def _draw_curves(fig: Any, axes: list[Any], panels: list[CurvePanel], *, by_fami
                label="some seeds diverged (count as loss0)"),
         Line2D([], [], color="0.35", ls=":", lw=1.5, label="loss0 (untrained model)"),
     ]  # fmt: skip
-    all_handles = [*handles.values(), *extra]
-    ncol = min(len(all_handles), _legend_cols(len(axes)))
-    fig.legend(handles=all_handles, loc="lower center", ncol=ncol, fontsize=10, frameon=False)
+    return [*handles.values(), *extra]
 
 
-def _legend_cols(n_panels: int) -> int:
-    """Legend columns that fit the figure's width."""
-    return 4 if n_panels > 1 else 2
+def _legend_and_layout(fig: Any, handles: list[Any], n_panels: int) -> None:
+    """One shared legend: right of a single panel (keeps the plot tall), below several panels."""
+    if n_panels == 1:
+        width = fig.get_size_inches()[0] + 3.6
+        fig.set_size_inches(width, fig.get_size_inches()[1])
+        fig.legend(handles=handles, loc="center right", fontsize=10, frameon=False)
+        fig.tight_layout(rect=(0, 0, 1 - 3.7 / width, 0.95))
+        return
+    ncol = min(len(handles), 4)
+    fig.legend(handles=handles, loc="lower center", ncol=ncol, fontsize=10, frameon=False)
+    height = fig.get_size_inches()[1]
+    bottom = min(0.45, (0.2 + 0.25 * math.ceil(len(handles) / ncol)) / height)
+    fig.tight_layout(rect=(0, bottom, 1, 0.95))
 
 
 def _color_cycle(i: int) -> Any:
@@ -293,22 +309,13 @@ def _color_cycle(i: int) -> Any:
     return colormaps["tab10"](i % 10)
 
 
-def _finish(fig: Any, title: str, legend_rows: int) -> None:
-    """Title and room for the legend below the panels."""
-    fig.suptitle(title, fontsize=14)
-    height = fig.get_size_inches()[1]
-    bottom = min(0.45, (0.2 + 0.25 * legend_rows) / height)
-    fig.tight_layout(rect=(0, bottom, 1, 0.96))
-
-
 def _plot_lr_curves(report: Report) -> bytes:
     panels = lr_curve_panels(report)
     if not panels:
         return _no_data("lr_curves", "no completed or diverged trials yet")
     fig, axes = _figure(len(panels))
+    fig.suptitle(_TITLES["lr_curves"], fontsize=14)
     _draw_curves(fig, axes, panels, by_family=True)
-    n_items = len({ln.label for p in panels for ln in p.lines}) + 3
-    _finish(fig, _TITLES["lr_curves"], math.ceil(n_items / _legend_cols(len(panels))))
     return _png(fig)
 
 
@@ -317,10 +324,9 @@ def _plot_warmup(report: Report) -> bytes:
     if not panels:
         return _no_data("warmup", "the study has no optimizer run both with and without warmup")
     fig, axes = _figure(len(panels))
+    fig.suptitle(_TITLES["warmup"], fontsize=14)
+    # Warmup labels repeat across panels with the same colours, so one legend serves them all.
     _draw_curves(fig, axes, panels, by_family=False)
-    # The legend is built from labels; warmup labels repeat across panels with the same colours.
-    n_items = len({ln.label for p in panels for ln in p.lines}) + 3
-    _finish(fig, _TITLES["warmup"], math.ceil(n_items / _legend_cols(len(panels))))
     return _png(fig)
 
 
