@@ -75,6 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=level, format="%(asctime)s worker[%(process)d] %(levelname)s %(message)s"
     )
+    logging.getLogger("alembic").setLevel(max(level, logging.WARNING))
     options = WorkerOptions(
         database_url=args.database_url or database_url_from_env(),
         device=args.device,

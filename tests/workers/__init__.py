@@ -1,0 +1,1 @@
+"""Tests of the worker process: real subprocesses against real databases."""
