@@ -272,7 +272,7 @@ def _draw_curve_panels(axes: list[Any], panels: list[CurvePanel], *, by_family: 
             handles.setdefault(line.label, h)
         if panel.loss0 is not None:
             ax.axhline(panel.loss0, color="0.35", ls=":", lw=1.5)
-        ax.set_xscale("log")
+        _log_lr_axis(ax)
         ax.set_title(panel.title, fontsize=12)
         ax.set_xlabel(LR_LABEL, fontsize=11)
         ax.set_ylabel(LOSS_LABEL, fontsize=10)
@@ -287,19 +287,35 @@ def _draw_curve_panels(axes: list[Any], panels: list[CurvePanel], *, by_family: 
     return [*handles.values(), *extra]
 
 
+def _log_lr_axis(ax: Any) -> None:
+    """Log-scale lr axis with plain-text labels (1e-3): mathtext labels are slow to lay out."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(base=10, numticks=12))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _pos: _fmt_lr(x)))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def _layout(fig: Any, *, left: float, right: float, top: float, bottom: float) -> None:
+    """Fixed margins in inches (tight_layout costs seconds on many log-scale panels)."""
+    width, height = fig.get_size_inches()
+    fig.subplots_adjust(left=left / width, right=1 - right / width, top=1 - top / height,
+                        bottom=bottom / height, wspace=0.28, hspace=0.5)  # fmt: skip
+
+
 def _legend_and_layout(fig: Any, handles: list[Any], n_panels: int) -> None:
     """One shared legend: right of a single panel (keeps the plot tall), below several panels."""
     if n_panels == 1:
         width = fig.get_size_inches()[0] + 3.6
         fig.set_size_inches(width, fig.get_size_inches()[1])
         fig.legend(handles=handles, loc="center right", fontsize=10, frameon=False)
-        fig.tight_layout(rect=(0, 0, 1 - 3.7 / width, 0.95))
+        _layout(fig, left=0.8, right=3.9, top=0.9, bottom=0.7)
         return
     ncol = min(len(handles), 4)
     fig.legend(handles=handles, loc="lower center", ncol=ncol, fontsize=10, frameon=False)
-    height = fig.get_size_inches()[1]
-    bottom = min(0.45, (0.2 + 0.25 * math.ceil(len(handles) / ncol)) / height)
-    fig.tight_layout(rect=(0, bottom, 1, 0.95))
+    rows = math.ceil(len(handles) / ncol)
+    _layout(fig, left=0.8, right=0.25, top=0.9, bottom=0.75 + 0.22 * rows + 0.1)
 
 
 def _color_cycle(i: int) -> Any:
