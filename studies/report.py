@@ -474,7 +474,3 @@ def build_report(
         budget=build_budget(configs),
         headline=_headline(complete, configs, comparisons, warmup),
     )
-
-
-# Keep ConfigKey importable from here for callers that group by configuration themselves.
-ConfigKey = ConfigKey
