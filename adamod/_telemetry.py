@@ -59,9 +59,8 @@ class BoundTracker:
         stacked = torch.stack([p.to(device, non_blocking=True) for p in self._partials])
         sums = stacked.sum(0)
         maxes = stacked.amax(0)
-        row = torch.stack([sums[0], maxes[2], sums[1], maxes[4], sums[3]]) / torch.tensor(
-            [self._numel, 1.0, self._numel, 1.0, self._numel], dtype=torch.float64
-        ).to(device, non_blocking=True)
+        n = float(self._numel)  # Python scalars: no host-to-device copy
+        row = torch.stack([sums[0] / n, maxes[2], sums[1] / n, maxes[4], sums[3] / n])
         index = len(self._steps) % _CHUNK_ROWS
         if index == 0:
             self._chunks.append(
