@@ -3,7 +3,7 @@
 Choices (documented in docs/readme/studies.md):
 - adam, adamw: torch's own (AdamW's weight decay is decoupled; Adam's is L2 in the gradient).
 - adamod: adamod.AdaMod with the config's beta3 and track_bounds=True.
-- diffmod: adamod.DiffMod with len_memory = round(1 / (1 - beta3)) (at least 1), version 0,
+- diffmod: adamod.DiffMod with len_memory = 1 / (1 - beta3) (a float, so β3 is exact), version 0,
   track_bounds=True; beta3 is the grid axis for both bounded optimizers.
 - sgd: torch SGD with heavy-ball momentum 0.9 (the usual CIFAR setting), no Nesterov; weight
   decay as L2. betas and eps are not used.
@@ -23,11 +23,11 @@ __all__ = ["SGD_MOMENTUM", "build_optimizer", "diffmod_len_memory"]
 SGD_MOMENTUM = 0.9
 
 
-def diffmod_len_memory(beta3: float) -> int:
-    """DiffMod's memory length for a given β3 (β3 = 1 - 1/len_memory)."""
+def diffmod_len_memory(beta3: float) -> float:
+    """DiffMod's memory length for a given β3 (β3 = 1 - 1/len_memory, kept exact: no rounding)."""
     if not 0.0 <= beta3 < 1.0:
         raise ValueError(f"beta3 must be in [0, 1), got {beta3}")
-    return max(1, round(1.0 / (1.0 - beta3)))
+    return 1.0 / (1.0 - beta3)
 
 
 def build_optimizer(config: TrialConfig, params: Iterable[Any]) -> torch.optim.Optimizer:

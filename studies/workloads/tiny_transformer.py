@@ -1,0 +1,189 @@
+"""`tiny_transformer`: a small post-LayerNorm Transformer LM on text shipped with Python.
+
+Post-LN (LayerNorm after each residual add, as in the original Transformer) is the setting where
+Adam is known to need learning-rate warmup; AdaMod's bound is meant to make warmup unnecessary.
+The corpus is the source of a fixed list of standard-library modules, read from this Python's own
+stdlib directory, byte-level (vocabulary 256). Where those files are absent (a stripped install),
+or with `corpus: generated`, a deterministic synthetic language of arithmetic sentences is used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+import sysconfig
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from studies.spec import Budget
+from studies.workloads.base import Problem, Workload
+
+__all__ = ["STDLIB_FILES", "WORKLOAD", "TinyTransformerConfig", "load_corpus"]
+
+STDLIB_FILES = (
+    "argparse.py",
+    "difflib.py",
+    "fractions.py",
+    "heapq.py",
+    "shlex.py",
+    "statistics.py",
+    "string.py",
+    "textwrap.py",
+)
+VOCAB = 256  # bytes
+
+
+class TinyTransformerConfig(BaseModel):
+    """Model size, context and batch; defaults are CPU-sized, raise them on a GPU."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    corpus: Literal["stdlib", "generated"] = Field(
+        default="stdlib", description="stdlib module source, or a generated arithmetic language"
+    )
+    d_model: int = Field(default=64, ge=8, le=8192)
+    n_heads: int = Field(default=4, ge=1, le=128)
+    n_layers: int = Field(default=2, ge=1, le=96)
+    d_ff: int = Field(default=128, ge=8, le=65536)
+    context: int = Field(default=32, ge=4, le=8192, description="tokens per training sequence")
+    batch_size: int = Field(default=16, ge=1, le=4096)
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    steps_per_epoch: int = Field(default=100, ge=1, le=1_000_000)
+    eval_every: int = Field(default=50, ge=1, le=1_000_000)
+    eval_batches: int = Field(default=8, ge=1, le=1000, description="validation batches per eval")
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> TinyTransformerConfig:
+        if self.d_model % self.n_heads:
+            raise ValueError(
+                f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})"
+            )
+        return self
+
+
+def _generated_text(n_chars: int = 300_000) -> str:
+    rng = random.Random(1234)
+    parts: list[str] = []
+    total = 0
+    while total < n_chars:
+        a, b = rng.randrange(1000), rng.randrange(1000)
+        op = rng.choice("+-*")
+        value = a + b if op == "+" else a - b if op == "-" else a * b
+        sentence = f"{a}{op}{b}={value};\n" if rng.random() < 0.8 else f"let x{a % 10} = {b};\n"
+        parts.append(sentence)
+        total += len(sentence)
+    return "".join(parts)
+
+
+@lru_cache(maxsize=2)
+def load_corpus(corpus: str) -> tuple[bytes, str]:
+    """The training text as bytes and the name of its source (a description for the record)."""
+    if corpus == "stdlib":
+        stdlib = Path(sysconfig.get_paths()["stdlib"])
+        files = [stdlib / name for name in STDLIB_FILES]
+        if all(f.is_file() for f in files):
+            data = b"".join(f.read_bytes() for f in files)
+            return data, f"stdlib:{stdlib}"
+    return _generated_text().encode(), "generated"
+
+
+class PostLNLanguageModel(nn.Module):
+    """Decoder-only Transformer with post-LayerNorm blocks and learned positions."""
+
+    def __init__(self, config: TinyTransformerConfig) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(VOCAB, config.d_model)
+        self.position = nn.Embedding(config.context, config.d_model)
+        self.blocks = nn.ModuleList(
+            nn.TransformerEncoderLayer(
+                config.d_model,
+                config.n_heads,
+                config.d_ff,
+                dropout=config.dropout,
+                activation="gelu",
+                batch_first=True,
+                norm_first=False,  # post-LN, on purpose
+            )
+            for _ in range(config.n_layers)
+        )
+        self.head = nn.Linear(config.d_model, VOCAB)
+        mask = torch.triu(torch.full((config.context, config.context), -math.inf), diagonal=1)
+        self.register_buffer("causal_mask", mask, persistent=False)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        """Next-byte logits for every position of a batch of token sequences."""
+        length = tokens.shape[1]
+        x = self.embed(tokens) + self.position.weight[:length]
+        mask = self.causal_mask[:length, :length]
+        for block in self.blocks:
+            x = block(x, src_mask=mask, is_causal=True)
+        return self.head(x)
+
+
+def _build(config: TinyTransformerConfig, seed: int, device: torch.device) -> Problem:
+    text, source = load_corpus(config.corpus)
+    data = torch.frombuffer(bytearray(text), dtype=torch.uint8).long()
+    split = int(len(data) * 0.9)
+    train, val = data[:split], data[split:]
+    span = config.context + 1
+    if len(val) < span or len(train) < span:
+        raise ValueError(f"context ({config.context}) is too long for the corpus ({len(data)} B)")
+    model = PostLNLanguageModel(config).to(device)
+
+    # A fixed set of validation windows, the same for every seed and every evaluation.
+    val_gen = torch.Generator().manual_seed(0)
+    n_val = config.eval_batches * config.batch_size
+    starts = torch.randint(0, len(val) - span + 1, (n_val,), generator=val_gen)
+    val_windows = torch.stack([val[s : s + span] for s in starts.tolist()]).to(device)
+    train_dev = train.to(device)
+    offsets = torch.arange(span, device=device)
+
+    def train_batches(epoch: int) -> list[Tensor]:
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        starts = torch.randint(
+            0, len(train) - span + 1, (config.steps_per_epoch, config.batch_size), generator=gen
+        ).to(device)
+        return [train_dev[s[:, None] + offsets] for s in starts]
+
+    def lm_loss(m: nn.Module, windows: Tensor) -> Tensor:
+        logits = m(windows[:, :-1])
+        return F.cross_entropy(logits.reshape(-1, VOCAB), windows[:, 1:].reshape(-1))
+
+    def evaluate(m: nn.Module) -> dict[str, float]:
+        with torch.no_grad():
+            losses = [lm_loss(m, w) for w in val_windows.split(config.batch_size)]
+            return {"loss": float(torch.stack(losses).mean())}
+
+    return Problem(
+        model=model,
+        train_batches=train_batches,
+        loss_fn=lm_loss,
+        evaluate=evaluate,
+        steps_per_epoch=config.steps_per_epoch,
+        eval_every=config.eval_every,
+        extras={"corpus": source, "corpus_sha256": hashlib.sha256(text).hexdigest()[:16]},
+    )
+
+
+def _build_any(config: Any, seed: int, device: torch.device) -> Problem:
+    return _build(config, seed, device)
+
+
+WORKLOAD = Workload(
+    name="tiny_transformer",
+    description=(
+        "Byte-level post-LayerNorm Transformer language model (2 layers, width 64 by default) on "
+        "standard-library Python source shipped with the interpreter; validation cross-entropy in "
+        "nats per byte. The setting where Adam needs warmup. CPU-sized by default."
+    ),
+    config_model=TinyTransformerConfig,
+    default_budget=Budget(steps=400),
+    build=_build_any,
+)
