@@ -4,11 +4,32 @@ from __future__ import annotations
 
 import io
 import math
+import threading
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+import numpy as np
+
 from studies.analysis.models import Report
 from studies.report import display_name
+
+# Imported once, at module import: a first import of matplotlib from several threads at once (the
+# service renders in a thread pool) fails half-initialized. The guard keeps `studies` importable
+# without matplotlib; render_plot then raises a clear ImportError.
+try:
+    from matplotlib import colormaps
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch, Rectangle
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+except ImportError as _exc:  # pragma: no cover - matplotlib is a declared dependency
+    _MPL_ERROR: ImportError | None = _exc
+else:
+    _MPL_ERROR = None
+# matplotlib is not thread-safe; figures are rendered one at a time (the GIL serializes the work
+# anyway, so nothing is lost).
+_RENDER_LOCK = threading.Lock()
 
 __all__ = [
     "PLOT_NAMES",
@@ -186,16 +207,10 @@ def budget_lines(report: Report) -> list[BudgetLine]:
 # --------------------------------------------------------------------------- drawing
 
 
-def _mpl() -> Any:
-    """matplotlib with the Agg canvas, or a clear ImportError."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg", force=False)
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError as exc:  # pragma: no cover - matplotlib is a hard dependency
-        raise ImportError("studies.plots needs matplotlib: pip install matplotlib") from exc
+def _mpl() -> tuple[Any, Any]:
+    """The Figure and Agg canvas classes, or a clear ImportError when matplotlib is missing."""
+    if _MPL_ERROR is not None:  # pragma: no cover
+        raise ImportError("studies.plots needs matplotlib: pip install matplotlib") from _MPL_ERROR
     return Figure, FigureCanvasAgg
 
 
@@ -224,8 +239,6 @@ def _png(fig: Any) -> bytes:
 
 def _color(optimizer: str, shade: float) -> Any:
     """The line colour of an optimizer at a shade of its family."""
-    from matplotlib import colormaps
-
     return colormaps[_FAMILY.get(optimizer, "Purples")](shade)
 
 
@@ -254,9 +267,6 @@ def _draw_curves(fig: Any, axes: list[Any], panels: list[CurvePanel], *, by_fami
 
 def _draw_curve_panels(axes: list[Any], panels: list[CurvePanel], *, by_family: bool) -> list[Any]:
     """Median lines with p25–p75 bands, diverged x marks and the loss0 line, one legend below."""
-    from matplotlib.lines import Line2D
-    from matplotlib.patches import Patch
-
     handles: dict[str, Any] = {}
     for ax, panel in zip(axes, panels, strict=True):
         for i, line in enumerate(panel.lines):
@@ -289,8 +299,6 @@ def _draw_curve_panels(axes: list[Any], panels: list[CurvePanel], *, by_family: 
 
 def _log_lr_axis(ax: Any) -> None:
     """Log-scale lr axis with plain-text labels (1e-3): mathtext labels are slow to lay out."""
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
-
     ax.set_xscale("log")
     ax.xaxis.set_major_locator(LogLocator(base=10, numticks=12))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _pos: _fmt_lr(x)))
@@ -320,8 +328,6 @@ def _legend_and_layout(fig: Any, handles: list[Any], n_panels: int) -> None:
 
 def _color_cycle(i: int) -> Any:
     """Distinct colours for lines of one panel that are not optimizer families (warmup values)."""
-    from matplotlib import colormaps
-
     return colormaps["tab10"](i % 10)
 
 
@@ -347,9 +353,6 @@ def _plot_warmup(report: Report) -> bytes:
 
 
 def _plot_beta3_surface(report: Report) -> bytes:
-    import numpy as np
-    from matplotlib.patches import Patch
-
     panels = surface_panels(report)
     if not panels:
         return _no_data("beta3_surface", "no AdaMod or DiffMod trials with a β3 value yet")
@@ -403,15 +406,11 @@ def _plot_beta3_surface(report: Report) -> bytes:
 
 def _rect(col: int, row: int) -> Any:
     """An outline around one heat-map cell."""
-    from matplotlib.patches import Rectangle
-
     return Rectangle((col - 0.5, row - 0.5), 1, 1, fill=False, ec="red", lw=2.5)
 
 
 def _mpl_cmap(name: str) -> Any:
     """A colormap by name."""
-    from matplotlib import colormaps
-
     return colormaps[name]
 
 
@@ -462,4 +461,5 @@ def render_plot(report: Report, name: str) -> bytes:
         raise ValueError(f"name must be one of {', '.join(PLOT_NAMES)}; got {name!r}")
     if not isinstance(report, Report):
         raise ValueError(f"report must be a Report, got {type(report).__name__}")
-    return _RENDERERS[name](report)
+    with _RENDER_LOCK:
+        return _RENDERERS[name](report)

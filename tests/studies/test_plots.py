@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from matplotlib import image as mpimg
@@ -104,3 +105,12 @@ def test_unknown_name_and_bad_report_raise_value_error():
         render_plot(REPORT, "nope")
     with pytest.raises(ValueError, match="report"):
         render_plot({"configs": []}, "lr_curves")  # type: ignore[arg-type]
+
+
+def test_rendering_from_many_threads_gives_the_same_png_as_one_thread():
+    """The service renders in a thread pool: figures must not interfere with each other."""
+    expected = {name: render_plot(REPORT, name) for name in PLOT_NAMES}
+    jobs = [name for name in PLOT_NAMES for _ in range(2)]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(lambda name: render_plot(REPORT, name), jobs))
+    assert results == [expected[name] for name in jobs]
