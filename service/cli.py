@@ -284,8 +284,8 @@ def _up(args: argparse.Namespace) -> int:
                     reported_dead.add(worker.pid)
                     print(f"adamod-lab up: worker {worker.pid} exited ({worker.returncode})",
                           file=sys.stderr)
-    except _Stop as stop:
-        print(f"adamod-lab up: {stop}, stopping workers and API", file=sys.stderr, flush=True)
+    except _Stop as reason:
+        print(f"adamod-lab up: {reason}, stopping workers and API", file=sys.stderr, flush=True)
     finally:
         # Ignore further signals while cleaning up, so a second Ctrl-C cannot orphan anything.
         for s in previous:

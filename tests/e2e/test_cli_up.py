@@ -1,0 +1,112 @@
+"""`adamod-lab up`, submit --wait, status and report as a user runs them; Ctrl-C stops it all."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from service.processes import free_port, spawn, wait_healthy
+
+pytestmark = pytest.mark.slow
+
+SPEC_YAML = """\
+name: cli quick
+workload: noop
+workload_config: {steps_per_epoch: 3}
+optimizers: [adam, adamod]
+lr: {min: 1.0e-3, max: 1.0e-1, points: 3}
+seeds: 2
+budget: {steps: 3}
+"""
+
+
+def _children(pid: int) -> list[int]:
+    """Direct children of ``pid`` (from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "service", *args],
+        capture_output=True, text=True, timeout=120, env=env,
+    )
+
+
+def test_up_submit_wait_report_and_ctrl_c(tmp_path: Path) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "ADAMOD_LAB_API_TOKENS": "cli-token", "OMP_NUM_THREADS": "1"}
+    env.pop("ADAMOD_LAB_DATABASE_URL", None)
+    log = open(tmp_path / "up.log", "wb")  # noqa: SIM115
+    up = spawn(
+        [sys.executable, "-m", "service", "up", "--workers", "2", "--port", str(port),
+         "--data-dir", str(tmp_path / "data"), "--device", "cpu"],
+        env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    try:
+        assert wait_healthy(url, up, timeout=120), (tmp_path / "up.log").read_text()
+        assert (tmp_path / "data" / "adamod_lab.db").exists()
+        spec = tmp_path / "quick.yaml"
+        spec.write_text(SPEC_YAML)
+        client_env = {**env, "ADAMOD_LAB_URL": url}
+
+        refused = _cli("submit", str(spec), env=client_env)
+        assert refused.returncode == 1 and "401" in refused.stderr
+
+        submitted = _cli("submit", str(spec), "--token", "cli-token", "--wait", env=client_env)
+        assert submitted.returncode == 0, submitted.stderr + (tmp_path / "up.log").read_text()
+        study_id = int(submitted.stdout.strip())
+        assert "completed" in submitted.stderr  # the progress bar's last words
+
+        status = _cli("status", str(study_id), env=client_env)
+        assert status.returncode == 0 and "completed" in status.stdout
+        assert "12/12 done" in status.stdout
+
+        out = tmp_path / "report"
+        report = _cli("report", str(study_id), "--out", str(out), env=client_env)
+        assert report.returncode == 0, report.stderr
+        assert json.loads((out / "report.json").read_text())["complete"] is True
+        for name in ("lr_curves", "beta3_surface", "warmup", "budget"):
+            assert (out / f"{name}.png").read_bytes().startswith(b"\x89PNG")
+        assert "<img" in (out / "report.html").read_text()
+
+        children = _children(up.pid)
+        assert len(children) == 3  # the API and two workers
+        up.send_signal(signal.SIGINT)  # what Ctrl-C does
+        assert up.wait(timeout=60) == 0, (tmp_path / "up.log").read_text()[-1500:]
+        deadline = time.monotonic() + 10
+        while any(_alive(pid) for pid in children) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(_alive(pid) for pid in children)
+        with pytest.raises(httpx.TransportError):
+            httpx.get(f"{url}/healthz", timeout=2)
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait()
+        log.close()
