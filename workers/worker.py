@@ -13,7 +13,7 @@ import traceback
 from dataclasses import dataclass
 
 from studies.db.engine import Database
-from studies.db.optuna_bridge import record_trial_row, sync_optuna
+from studies.db.optuna_bridge import sync_optuna
 from studies.db.queue import (
     DEFAULT_LEASE_SECONDS,
     DEFAULT_MAX_ATTEMPTS,
@@ -22,7 +22,6 @@ from studies.db.queue import (
     claim_next_trial,
     complete_trial,
     fail_attempt,
-    mirror_in_optuna,
     queue_counts,
     record_evaluation,
     release_lease,
@@ -81,7 +80,6 @@ class Worker:
         self.shutdown = threading.Event()
         self.trials_run = 0
         self._current: ClaimedTrial | None = None
-        self._pending_optuna: list[tuple[int, int]] = []
         self._watchdog: threading.Thread | None = None
         self._sweep_interval = max(0.5, min(options.lease_seconds / 2, 30.0))
         self._last_sweep = -math.inf
@@ -134,22 +132,8 @@ class Worker:
                 log.info("trial %d handed back: %s", claim.trial_id, handed)
             except Exception as exc:  # the lease will expire instead
                 log.warning("trial %d: hand back failed: %s", claim.trial_id, exc)
-        self._flush_pending()
         logging.shutdown()
         os._exit(0)
-
-    def _flush_pending(self) -> None:
-        if not self._pending_optuna:
-            return
-        from studies.db.queue import record_optuna_ids
-
-        pairs = list(self._pending_optuna)
-        try:
-            with self.db.session() as session:
-                record_optuna_ids(session, pairs)
-            self._pending_optuna.clear()
-        except Exception as exc:  # the Optuna sync finds them later
-            log.warning("could not mark %d trials as mirrored: %s", len(pairs), exc)
 
     def _sweep(self, *, force_sync: bool = False) -> None:
         """Requeues expired leases (any worker may), and mirrors stragglers in Optuna."""
@@ -160,8 +144,7 @@ class Worker:
             now = time.monotonic()
             if force_sync or now - self._last_optuna_sync >= OPTUNA_SYNC_INTERVAL_S:
                 self._last_optuna_sync = now
-                older = 2.0 if force_sync else OPTUNA_SYNC_INTERVAL_S
-                written = sync_optuna(self.db, older_than_s=older)
+                written = sync_optuna(self.db, older_than_s=OPTUNA_SYNC_INTERVAL_S)
                 if written:
                     log.info("mirrored %d finished trial(s) in Optuna", written)
         except Exception as exc:
@@ -186,17 +169,12 @@ class Worker:
                 if time.monotonic() - self._last_sweep >= self._sweep_interval:
                     self._last_sweep = time.monotonic()
                     self._sweep()
-                pending = list(self._pending_optuna)
                 claim = self._retry(
-                    lambda pending=pending: claim_next_trial(
-                        self.db,
-                        self.info,
-                        lease_seconds=self.options.lease_seconds,
-                        optuna_ids=pending,
+                    lambda: claim_next_trial(
+                        self.db, self.info, lease_seconds=self.options.lease_seconds
                     ),
                     "claim",
                 )
-                del self._pending_optuna[: len(pending)]
                 if claim is None:
                     if self.options.exit_when_idle and self._drained():
                         log.info("queue drained: exiting")
@@ -211,7 +189,6 @@ class Worker:
             log.error("giving up: %s", exc)
             return 3
         finally:
-            self._flush_pending()
             self.db.dispose()
         log.info("worker exiting after %d trial(s)", self.trials_run)
         return 0
@@ -249,22 +226,13 @@ class Worker:
                 )
                 log.info("trial %d stopped early (handed back: %s)", claim.trial_id, handed)
                 return
-            stored = self._retry(
-                lambda: complete_trial(self.db, claim, result, optuna=False), "complete"
-            )
-            if not stored:
+            stored = self._retry(lambda: complete_trial(self.db, claim, result), "complete")
+            if stored:
+                log.info("trial %d %s in %.2f s", claim.trial_id, result.state, result.duration_s)
+            else:
                 log.warning(
                     "trial %d: lease lost before completion; result dropped", claim.trial_id
                 )
-                return
-            try:
-                optuna_id = self._retry(
-                    lambda: mirror_in_optuna(self.db, claim, result), "optuna", give_up_after_s=30
-                )
-                self._pending_optuna.append((claim.trial_id, optuna_id))
-            except Exception as exc:  # sync_optuna writes it later
-                log.warning("trial %d: Optuna write failed: %s", claim.trial_id, exc)
-            log.info("trial %d %s in %.2f s", claim.trial_id, result.state, result.duration_s)
         finally:
             self._current = None
 
@@ -282,10 +250,3 @@ class Worker:
             type(exc).__name__,
             state,
         )
-        if state == "failed":
-            try:
-                optuna_id = record_trial_row(self.db, claim.trial_id)
-                if optuna_id is not None:
-                    self._pending_optuna.append((claim.trial_id, optuna_id))
-            except Exception as err:
-                log.warning("trial %d: Optuna write failed: %s", claim.trial_id, err)

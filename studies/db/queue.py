@@ -12,16 +12,23 @@ from __future__ import annotations
 
 import math
 import secrets
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import ColumnElement, Interval, and_, case, func, literal, select, update
 
 from studies.db.engine import Database, finite_or_none
 from studies.db.models import StudyRow, TrialRow, UtcDateTime, utcnow
-from studies.db.optuna_bridge import capped_value, record_trial
+from studies.db.optuna_bridge import (
+    FinishedTrial,
+    capped_value,
+    direct_writes,
+    insert_finished_trial,
+    record_trial,
+    study_handle,
+    sync_optuna,
+)
 
 if TYPE_CHECKING:
     from studies.spec import TrialConfig
@@ -36,10 +43,8 @@ __all__ = [
     "complete_trial",
     "eval_point_json",
     "fail_attempt",
-    "mirror_in_optuna",
     "queue_counts",
     "record_evaluation",
-    "record_optuna_ids",
     "release_lease",
     "renew_lease",
     "requeue_expired",
@@ -74,8 +79,7 @@ class ClaimedTrial:
     lease_seconds: float = DEFAULT_LEASE_SECONDS
     curve: list[dict[str, Any]] = field(default_factory=list)
     worker: WorkerInfo | None = None
-    # Set by complete_trial: (attempts, started_at, finished_at) as stored.
-    completion: tuple[int, Any, Any] | None = None
+    claimed_at: datetime | None = None
     # Set once the trial is in the Optuna study.
     optuna_trial_id: int | None = None
 
@@ -121,26 +125,13 @@ def _held(claim: ClaimedTrial) -> ColumnElement[bool]:
     )
 
 
-def record_optuna_ids(session: Any, pairs: Sequence[tuple[int, int]]) -> None:
-    """Marks trials as written to Optuna (trial id, Optuna trial id), inside a caller's session."""
-    for trial_id, optuna_trial_id in pairs:
-        session.execute(
-            update(TrialRow).where(TrialRow.id == trial_id).values(optuna_trial_id=optuna_trial_id),
-            execution_options=_NO_SYNC,
-        )
-
-
 def claim_next_trial(
     db: Database,
     worker: WorkerInfo,
     *,
     lease_seconds: float = DEFAULT_LEASE_SECONDS,
-    optuna_ids: Sequence[tuple[int, int]] = (),
 ) -> ClaimedTrial | None:
-    """Atomically takes the next queued trial (priority, then FIFO) and a lease on it.
-
-    `optuna_ids` piggybacks the worker's pending "written to Optuna" marks on this transaction.
-    """
+    """Atomically takes the next queued trial (priority, then FIFO) and a lease on it."""
     from studies.spec import TrialConfig
 
     lease_seconds = _check_lease_seconds(lease_seconds)
@@ -177,11 +168,10 @@ def claim_next_trial(
             TrialRow.config,
             TrialRow.number,
             TrialRow.params,
+            TrialRow.claimed_at,
         )
     )
     with db.session() as session:
-        if optuna_ids:
-            record_optuna_ids(session, optuna_ids)
         row = session.execute(statement, execution_options=_NO_SYNC).one_or_none()
     if row is None:
         return None
@@ -195,6 +185,7 @@ def claim_next_trial(
         params=row.params,
         lease_seconds=lease_seconds,
         worker=worker,
+        claimed_at=row.claimed_at,
     )
 
 
@@ -240,80 +231,91 @@ def record_evaluation(db: Database, claim: ClaimedTrial, point: EvalPoint) -> bo
         return result.rowcount == 1
 
 
+def _finished(
+    claim: ClaimedTrial, state: str, result: TrialResult | None, error: str | None = None
+) -> FinishedTrial:
+    return FinishedTrial(
+        trial_id=claim.trial_id,
+        params=claim.params or claim.config.params(),
+        state=state,
+        loss=None if result is None else finite_or_none(result.loss),
+        loss0=None if result is None else finite_or_none(result.loss0),
+        accuracy=None if result is None else finite_or_none(result.accuracy),
+        intermediate={} if result is None else {p.step: float(p.val_loss) for p in result.curve},
+        worker=_worker_dict(claim),
+        attempts=claim.attempt,
+        started_at=claim.claimed_at,
+        finished_at=utcnow(),
+        error=error,
+    )
+
+
 def complete_trial(
     db: Database, claim: ClaimedTrial, result: TrialResult, *, optuna: bool = True
 ) -> bool:
-    """Stores a finished trial if this worker still holds its lease; then mirrors it in Optuna.
+    """Stores a finished trial, and its Optuna trial, in one transaction, if this worker still
+    holds the lease. Returns False when the lease was lost: nothing was written.
 
     A result with state "cancelled" hands the trial back instead (see release_lease). Safe to
-    retry: a repeat with the same lease writes the same values. Returns False when the lease was
-    lost (the trial belongs to another worker now) and nothing was written. With optuna=False the
-    caller mirrors it with mirror_in_optuna (so that each write can be retried on its own).
+    retry: a repeat after a lost reply finds the trial finished under its own lease.
     """
     if result.state == "cancelled":
         return release_lease(db, claim, keep_curve=True)
+    finished = _finished(claim, result.state, result)
+    data = result.to_dict()
+    data.pop("curve", None)
+    data.pop("bound_stats", None)
     values: dict[str, Any] = {
         "state": result.state,
-        "loss": finite_or_none(result.loss),
-        "loss0": finite_or_none(result.loss0),
-        "accuracy": finite_or_none(result.accuracy),
+        "loss": finished.loss,
+        "loss0": finished.loss0,
+        "accuracy": finished.accuracy,
+        "value": capped_value(result.state, finished.loss, finished.loss0),
         "curve": [eval_point_json(p) for p in result.curve],
         "bound_stats": result.bound_stats,
+        "result": data,
         "steps": int(result.steps),
         "duration_s": finite_or_none(result.duration_s),
         "error": None,
         "lease_expires_at": None,
-        "finished_at": _now(db),
+        "finished_at": finished.finished_at,
     }
-    data = result.to_dict()
-    data.pop("curve", None)
-    data.pop("bound_stats", None)
-    values["result"] = data
-    values["value"] = capped_value(result.state, values["loss"], values["loss0"])
+    direct = optuna and direct_writes(db.url)
+    handle = study_handle(db, claim.study_id) if direct else None  # outside the transaction
     with db.session() as session:
-        row = session.execute(
-            update(TrialRow)
-            .where(
-                TrialRow.id == claim.trial_id,
-                TrialRow.lease_token == claim.lease_token,
-                # A retry after a lost reply finds its own completed row and rewrites it.
-                TrialRow.state.in_(("running", result.state)),
-            )
-            .values(**values)
-            .returning(TrialRow.attempts, TrialRow.started_at, TrialRow.finished_at),
-            execution_options=_NO_SYNC,
-        ).one_or_none()
-    if row is None:
-        return False
-    claim.completion = (row.attempts, row.started_at, row.finished_at)
-    if optuna:
-        mirror_in_optuna(db, claim, result)
+        if handle is not None:
+            values["optuna_trial_id"] = insert_finished_trial(session, handle, finished)
+        stored = session.execute(
+            update(TrialRow).where(_held(claim)).values(**values), execution_options=_NO_SYNC
+        ).rowcount
+        if stored != 1:
+            session.rollback()  # not ours (any more): the Optuna rows go too
+            done = session.execute(
+                select(TrialRow.optuna_trial_id).where(
+                    TrialRow.id == claim.trial_id,
+                    TrialRow.lease_token == claim.lease_token,
+                    TrialRow.state == result.state,
+                )
+            ).one_or_none()
+            if done is None:
+                return False  # lease lost
+            claim.optuna_trial_id = done.optuna_trial_id  # a retry after a lost reply
+            return True
+        claim.optuna_trial_id = values.get("optuna_trial_id")
+    if optuna and not direct:
+        _mirror_through_storage(db, claim, finished)
     return True
 
 
-def mirror_in_optuna(db: Database, claim: ClaimedTrial, result: TrialResult) -> int:
-    """Writes a trial completed by complete_trial to the Optuna study, in one storage call."""
-    if claim.completion is None:
-        raise ValueError("claim: complete_trial has not stored this trial yet")
-    attempts, started_at, finished_at = claim.completion
-    claim.optuna_trial_id = record_trial(
-        db.url,
-        study_id=claim.study_id,
-        spec=None,
-        trial_id=claim.trial_id,
-        params=claim.params or claim.config.params(),
-        state=result.state,
-        loss=finite_or_none(result.loss),
-        loss0=finite_or_none(result.loss0),
-        accuracy=finite_or_none(result.accuracy),
-        intermediate={p.step: float(p.val_loss) for p in result.curve},
-        worker=_worker_dict(claim),
-        attempts=attempts,
-        started_at=started_at,
-        finished_at=finished_at,
-        db=db,
-    )
-    return claim.optuna_trial_id
+def _mirror_through_storage(db: Database, claim: ClaimedTrial, finished: FinishedTrial) -> None:
+    claim.optuna_trial_id = record_trial(db, claim.study_id, finished)
+    with db.session() as session:
+        session.execute(
+            update(TrialRow)
+            .where(TrialRow.id == claim.trial_id)
+            .values(optuna_trial_id=claim.optuna_trial_id),
+            execution_options=_NO_SYNC,
+        )
 
 
 def _worker_dict(claim: ClaimedTrial) -> dict[str, Any] | None:
@@ -361,18 +363,34 @@ def _retry_or_fail(db: Database, max_attempts: int) -> dict[str, Any]:
 def fail_attempt(db: Database, claim: ClaimedTrial, error: str, *, max_attempts: int) -> str | None:
     """Records an error: the trial is queued again, or "failed" after `max_attempts` attempts.
 
-    Returns the trial's new state, or None when the lease was lost. A failed trial is mirrored in
-    Optuna as a FAIL trial.
+    Returns the trial's new state, or None when the lease was lost. A failed trial is written to
+    Optuna as a FAIL trial in the same transaction.
     """
     max_attempts = _check_max_attempts(max_attempts)
+    error = str(error)[:MAX_ERROR_LENGTH]
+    final = claim.attempt >= max_attempts
+    direct = final and direct_writes(db.url)
+    handle = study_handle(db, claim.study_id) if direct else None
     with db.session() as session:
         state = session.execute(
             update(TrialRow)
             .where(_held(claim))
-            .values(error=str(error)[:MAX_ERROR_LENGTH], **_retry_or_fail(db, max_attempts))
+            .values(error=error, **_retry_or_fail(db, max_attempts))
             .returning(TrialRow.state),
             execution_options=_NO_SYNC,
         ).scalar_one_or_none()
+        if state == "failed" and handle is not None:
+            optuna_trial_id = insert_finished_trial(
+                session, handle, _finished(claim, "failed", None, error)
+            )
+            session.execute(
+                update(TrialRow)
+                .where(TrialRow.id == claim.trial_id)
+                .values(optuna_trial_id=optuna_trial_id),
+                execution_options=_NO_SYNC,
+            )
+    if state == "failed" and handle is None:
+        sync_optuna(db, trial_ids=[claim.trial_id])
     return state
 
 
@@ -396,16 +414,21 @@ def requeue_expired(db: Database, *, max_attempts: int = DEFAULT_MAX_ATTEMPTS) -
                     else_="lease expired: the worker stopped renewing it",
                 ),
                 **_retry_or_fail(db, max_attempts),
-            ),
+            )
+            .returning(TrialRow.id, TrialRow.state),
             execution_options=_NO_SYNC,
-        )
+        ).all()
         session.execute(
             update(TrialRow)
             .where(TrialRow.state == "queued", _study_cancelled())
             .values(state="cancelled", finished_at=_now(db)),
             execution_options=_NO_SYNC,
         )
-        return int(result.rowcount)
+    # Trials that failed here had no worker left to record them in Optuna.
+    failed = [trial_id for trial_id, state in result if state == "failed"]
+    if failed:
+        sync_optuna(db, trial_ids=failed)
+    return len(result)
 
 
 def queue_counts(db: Database) -> dict[str, int]:
