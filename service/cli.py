@@ -268,8 +268,12 @@ def _up(args: argparse.Namespace) -> int:
         if not wait_healthy(url, server, timeout=120):
             print(f"adamod-lab up: the API did not become healthy at {url}", file=sys.stderr)
             return 1
+        # N CPU workers each using every core only fight over them: split the cores instead.
+        worker_env = dict(env)
+        if args.workers and "OMP_NUM_THREADS" not in env:
+            worker_env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.workers))
         for _ in range(args.workers):
-            workers.append(spawn(worker_command(database_url, args.device), env))
+            workers.append(spawn(worker_command(database_url, args.device), worker_env))
         print(f"AdaMod Lab is up: API {url} (docs {url}/docs), {args.workers} workers, "
               f"database {database_url}. Ctrl-C stops everything.", flush=True)
         reported_dead: set[int] = set()
