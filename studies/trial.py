@@ -84,10 +84,14 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return resolved
 
 
-def _seed_everything(seed: int) -> None:
+def _seed_everything(seed: int, device: torch.device) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)  # also seeds every CUDA device
+    # torch.manual_seed would also queue a lazy seeding of every CUDA device, which records a
+    # stack trace (milliseconds) even on CPU-only machines; seed only what the trial uses.
+    torch.random.default_generator.manual_seed(seed)
+    if device.type == "cuda":
+        torch.cuda.manual_seed_all(seed)
 
 
 def _summarize_bounds(stats: dict[str, list[float]]) -> dict[str, Any]:
@@ -127,7 +131,7 @@ def run_trial(
     dev = resolve_device(device)
     workload = get_workload(config.workload)
     workload_config = workload.config_model.model_validate(config.workload_config)
-    _seed_everything(config.seed)
+    _seed_everything(config.seed, dev)
     problem = workload.build(workload_config, config.seed, dev)
     model = problem.model
     total_steps = config.budget.total_steps(problem.steps_per_epoch)

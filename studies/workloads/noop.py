@@ -28,6 +28,9 @@ class NoopConfig(BaseModel):
     fail_at_step: int | None = Field(
         default=None, ge=1, description="raise RuntimeError at this step (tests the failure path)"
     )
+    fail_seeds: list[int] | None = Field(
+        default=None, description="seeds that fail_at_step applies to (default: every seed)"
+    )
     diverge_at_step: int | None = Field(
         default=None, ge=1, description="return a NaN loss at this step (tests divergence)"
     )
@@ -50,7 +53,9 @@ def _build(config: NoopConfig, seed: int, device: torch.device) -> Problem:
         counter["step"] += 1
         if config.sleep_s:
             time.sleep(config.sleep_s)
-        if config.fail_at_step is not None and counter["step"] == config.fail_at_step:
+        if counter["step"] == config.fail_at_step and (
+            config.fail_seeds is None or seed in config.fail_seeds
+        ):
             raise RuntimeError(f"noop workload: failing on purpose at step {counter['step']}")
         loss = ((m.p - target) ** 2).sum()
         if config.diverge_at_step is not None and counter["step"] >= config.diverge_at_step:

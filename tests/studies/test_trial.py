@@ -140,3 +140,13 @@ def test_result_to_dict_is_json_safe() -> None:
 def test_budget_total_steps() -> None:
     assert Budget(steps=7).total_steps(100) == 7
     assert Budget(epochs=3).total_steps(5) == 15
+
+
+def test_adamod_trial_with_telemetry_is_bit_identical() -> None:
+    cfg = config(
+        workload="digits_mlp", optimizer="adamod", beta3=0.99, lr=1e-2, budget={"steps": 30},
+        workload_config={"hidden": 16}, warmup_steps=5,
+    )  # fmt: skip
+    a, b = run_trial(cfg).to_dict(), run_trial(cfg).to_dict()
+    a.pop("duration_s"), b.pop("duration_s")
+    assert a == b and a["bound_stats"]["n_steps"] == 30

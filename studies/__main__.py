@@ -1,0 +1,105 @@
+"""`python -m studies`: run a study locally, validate a spec, list the workloads."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from pydantic import ValidationError
+
+from studies.spec import DEFAULT_MAX_TRIALS, load_spec
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m studies", description="AdaMod Lab studies, run in this process."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run every trial of a spec and write the report to a folder")
+    run.add_argument("spec", help="StudySpec file (YAML or JSON), e.g. studies/presets/quick.yaml")
+    run.add_argument("--out", required=True, help="folder for report.html, report.json, PNGs")
+    run.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
+    run.add_argument("--max-trials", type=int, default=DEFAULT_MAX_TRIALS)
+    run.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
+    )
+    run.add_argument("--fresh", action="store_true", help="ignore trials finished in --out")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    check = sub.add_parser("validate", help="validate a spec and print it normalized")
+    check.add_argument("spec")
+    check.add_argument("--max-trials", type=int, default=DEFAULT_MAX_TRIALS)
+    sub.add_parser("workloads", help="list the registered workloads")
+    return parser
+
+
+def _print_validation_error(path: str, exc: ValidationError) -> None:
+    print(f"error: {path} is not a valid StudySpec:", file=sys.stderr)
+    for err in exc.errors():
+        where = ".".join(str(part) for part in err["loc"]) or "(spec)"
+        print(f"  {where}: {err['msg']}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `python -m studies`; returns the exit status."""
+    args = _parser().parse_args(argv)
+    if args.command == "workloads":
+        from studies.workloads import list_workloads
+
+        for w in list_workloads():
+            budget = w.default_budget.model_dump(exclude_none=True)
+            print(f"{w.name:18} default budget {json.dumps(budget):16} {w.description}")
+        return 0
+    if args.max_trials < 1:
+        print("error: --max-trials must be >= 1", file=sys.stderr)
+        return 2
+    try:
+        spec = load_spec(args.spec, max_trials=args.max_trials)
+    except ValidationError as exc:
+        _print_validation_error(args.spec, exc)
+        return 2
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "validate":
+        print(spec.model_dump_json(indent=2))
+        print(f"{spec.n_trials} trials", file=sys.stderr)
+        return 0
+
+    import torch
+
+    from studies.local import run_study
+    from studies.trial import resolve_device
+
+    try:
+        resolve_device(args.device)
+    except ValueError as exc:
+        print(f"error: --{exc}", file=sys.stderr)
+        return 2
+    if args.threads is not None:
+        if args.threads < 1:
+            print("error: --threads must be >= 1", file=sys.stderr)
+            return 2
+        torch.set_num_threads(args.threads)
+    print(f"{spec.name}: {spec.n_trials} trials of {spec.workload} on {args.device}", flush=True)
+    try:
+        result = run_study(
+            spec, args.out, device=args.device, progress=not args.no_progress,
+            resume=not args.fresh,
+        )  # fmt: skip
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    counts = ", ".join(f"{n} {state}" for state, n in result.counts.items() if n)
+    if result.reused:
+        counts += f" ({result.reused} reused from an earlier run)"
+    print(f"trials: {counts}")
+    print(f"report: {result.html}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""Run a whole study in this process (no database, no server) and write its report to a folder.
+
+The folder receives `spec.json` (normalized), `trials.jsonl` (one finished trial per line, keyed
+by the trial's canonical hash, so an interrupted run resumes where it stopped), `report.json`,
+one PNG per figure and a self-contained `report.html`.
+"""
+
+from __future__ import annotations
+
+import json
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from studies.records import TrialRecord
+from studies.spec import StudySpec, TrialConfig, expand_grid
+from studies.trial import TrialResult, run_trial
+
+__all__ = ["LocalRun", "run_study", "write_report"]
+
+TRIALS_FILE = "trials.jsonl"
+
+
+@dataclass
+class LocalRun:
+    """What run_study produced: the folder, its files and a count of trial outcomes."""
+
+    out_dir: Path
+    files: dict[str, Path]
+    counts: dict[str, int] = field(default_factory=dict)
+    reused: int = 0
+
+    @property
+    def html(self) -> Path | None:
+        """The report page, when it could be written."""
+        return self.files.get("report.html")
+
+
+def _read_finished(path: Path) -> dict[str, dict[str, Any]]:
+    """Trials already finished in an earlier run of the same folder, by key."""
+    finished: dict[str, dict[str, Any]] = {}
+    if not path.is_file():
+        return finished
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+            finished[row["key"]] = row
+        except (ValueError, KeyError, TypeError):
+            continue  # a line cut short by an interruption: that trial runs again
+    return finished
+
+
+def _record(config: TrialConfig, row: dict[str, Any]) -> TrialRecord:
+    result = row["result"] or {}
+    return TrialRecord.from_params(
+        config.params(), state=row["state"], loss=result.get("loss"), loss0=result.get("loss0")
+    )
+
+
+def write_report(
+    records: list[TrialRecord], out_dir: Path, title: str, *, complete: bool = True
+) -> dict[str, Path]:
+    """Write report.json, the PNG figures and report.html for these records; returns the paths."""
+    from studies.html import render_html
+    from studies.plots import PLOT_NAMES, render_plot
+    from studies.report import build_report
+
+    report = build_report(records, complete=complete)
+    files: dict[str, Path] = {}
+    path = out_dir / "report.json"
+    path.write_text(json.dumps(report.model_dump(mode="json"), indent=2), encoding="utf-8")
+    files["report.json"] = path
+    for name in PLOT_NAMES:
+        path = out_dir / f"{name}.png"
+        path.write_bytes(render_plot(report, name))
+        files[path.name] = path
+    path = out_dir / "report.html"
+    path.write_text(render_html(report, title), encoding="utf-8")
+    files["report.html"] = path
+    return files
+
+
+def run_study(
+    spec: StudySpec,
+    out_dir: str | Path,
+    *,
+    device: str = "cpu",
+    progress: bool = True,
+    resume: bool = True,
+    on_trial: Callable[[TrialConfig, str], None] | None = None,
+) -> LocalRun:
+    """Run every trial of `spec` here, one after the other, and write the report to `out_dir`.
+
+    A trial that raises is recorded as "failed" and the study goes on, except for the very first
+    trial run, whose error (missing data, bad device) is raised: it would fail them all.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "spec.json").write_text(spec.model_dump_json(indent=2), encoding="utf-8")
+    trials_path = out / TRIALS_FILE
+    finished = _read_finished(trials_path) if resume else {}
+    configs = expand_grid(spec)
+    rows: list[tuple[TrialConfig, dict[str, Any]]] = []
+    counts = {"completed": 0, "diverged": 0, "cancelled": 0, "failed": 0}
+    reused = 0
+    ran_one = False
+
+    from tqdm import tqdm
+
+    bar = tqdm(configs, desc=spec.name, unit="trial", disable=not progress, dynamic_ncols=True)
+    with trials_path.open("a" if resume else "w", encoding="utf-8") as sink:
+        for config in bar:
+            key = config.key()
+            row = finished.get(key)
+            if row is not None:
+                reused += 1
+            else:
+                try:
+                    result: TrialResult | None = run_trial(config, device)
+                    error = None
+                except Exception as exc:
+                    if not ran_one:
+                        raise
+                    result, error = None, "".join(traceback.format_exception_only(exc)).strip()
+                ran_one = True
+                row = {
+                    "key": key,
+                    "params": config.params(),
+                    "state": result.state if result else "failed",
+                    "error": error,
+                    "result": result.to_dict() if result else None,
+                }
+                sink.write(json.dumps(row, allow_nan=False) + "\n")
+                sink.flush()
+            rows.append((config, row))
+            counts[row["state"]] = counts.get(row["state"], 0) + 1
+            if on_trial is not None:
+                on_trial(config, row["state"])
+            loss = (row["result"] or {}).get("loss")
+            bar.set_postfix_str(
+                f"{config.optimizer} lr={config.lr:.2g} {row['state']}"
+                + (f" loss={loss:.3g}" if loss is not None else "")
+            )
+    bar.close()
+
+    records = [_record(config, row) for config, row in rows if row["state"] != "failed"]
+    files = {"spec.json": out / "spec.json", TRIALS_FILE: trials_path}
+    files.update(write_report(records, out, spec.name))
+    return LocalRun(out_dir=out, files=files, counts=counts, reused=reused)
