@@ -80,12 +80,13 @@ class BoundedAdamBase(Optimizer):
                 raise RuntimeError(
                     f"{self._name} does not support sparse gradients (param {index} of its group)"
                 )
-            if torch.is_complex(p):
-                raise RuntimeError(
-                    f"{self._name} does not support complex parameters (param {index} of its group)"
-                )
             state = self.state[p]
             if len(state) == 0:
+                if torch.is_complex(p):
+                    raise RuntimeError(
+                        f"{self._name} does not support complex parameters "
+                        f"(param {index} of its group)"
+                    )
                 dtype = state_dtype(p)
                 state["step"] = torch.tensor(0.0, dtype=torch.float32)
                 state["exp_avg"] = torch.zeros_like(

@@ -199,10 +199,89 @@ def _fused_update(
     version: int | None,
     tracker: BoundTracker | None,
 ) -> None:
-    """One compiled kernel per tensor (torch.compile): a single pass over memory."""
+    """Single pass over memory: the C kernel on CPU, one torch.compile kernel per tensor elsewhere.
+
+    CPU tensors that are not contiguous float32/float64 take the single-tensor path instead.
+    """
+    options = {
+        "beta1": beta1,
+        "beta2": beta2,
+        "beta3": beta3,
+        "lr": lr,
+        "eps": eps,
+        "weight_decay": weight_decay,
+        "maximize": maximize,
+        "form": form,
+        "version": version,
+        "tracker": tracker,
+    }
+    on_cpu = [i for i, p in enumerate(params) if p.device.type == "cpu"]
+    if on_cpu:
+        from adamod import _cpu_kernel  # lazy: compiles the kernel on first use
+
+        def pick(indices: list[int]) -> list[list[Tensor]]:
+            lists = [params, grads, exp_avgs, exp_avg_sqs, exp_avg_lrs, state_steps]
+            if prev_grads is not None:
+                lists.append(prev_grads)
+            return [[lst[i] for i in indices] for lst in lists]
+
+        fits = [
+            i
+            for i in on_cpu
+            if _cpu_kernel.eligible(
+                params[i],
+                exp_avgs[i],
+                exp_avg_sqs[i],
+                exp_avg_lrs[i],
+                None if prev_grads is None else prev_grads[i],
+            )
+        ]
+        fit_set = set(fits)
+        rest = [i for i in on_cpu if i not in fit_set]
+        if rest:
+            p_, g_, m_, v_, s_, st_, *prev_ = pick(rest)
+            _single_tensor_update(p_, g_, m_, v_, s_, prev_[0] if prev_ else None, st_, **options)
+        for dtype in (torch.float32, torch.float64):
+            chosen = [i for i in fits if params[i].dtype == dtype]
+            if not chosen:
+                continue
+            p_, g_, m_, v_, s_, st_, *prev_ = pick(chosen)
+            torch._foreach_add_(st_, 1.0)
+            steps = torch.stack(st_).tolist()  # CPU step tensors: one call, no device sync
+            by_step = {
+                st: coefficients(st, beta1=beta1, beta2=beta2, lr=lr, eps=eps, form=form)
+                for st in set(steps)
+            }
+            coeffs = [by_step[st] for st in steps]
+            partial = _cpu_kernel.fused_cpu_update(
+                p_,
+                g_,
+                m_,
+                v_,
+                s_,
+                prev_[0] if prev_ else None,
+                c=[x[0] for x in coeffs],
+                eps=[x[1] for x in coeffs],
+                scale=[x[2] for x in coeffs],
+                beta1=beta1,
+                beta2=beta2,
+                beta3=beta3,
+                decay=1.0 - lr * weight_decay,
+                maximize=maximize,
+                version=version,
+                with_stats=tracker is not None,
+            )
+            if tracker is not None:
+                assert partial is not None
+                tracker.add(partial, sum(p.numel() for p in p_), int(max(steps)))
+
+    others = [i for i, p in enumerate(params) if p.device.type != "cpu"]
+    if not others:
+        return
     from adamod._fused import fused_tensor_update  # lazy: imports torch._dynamo
 
-    for i, param in enumerate(params):
+    for i in others:
+        param = params[i]
         state_steps[i] += 1
         step = state_steps[i].item()
         c, eps_, scale = coefficients(step, beta1=beta1, beta2=beta2, lr=lr, eps=eps, form=form)

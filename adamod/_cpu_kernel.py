@@ -1,0 +1,186 @@
+"""The fused CPU kernel: compiled from _cpu_kernel.c on first use, called through ctypes.
+
+One call per step updates every contiguous float32/float64 tensor in a single pass; the work is
+split into contiguous ranges run on torch.get_num_threads() threads (ctypes releases the GIL).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+_SOURCE = Path(__file__).with_name("_cpu_kernel.c")
+_FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno", "-shared", "-fPIC"]
+_MIN_ELEMENTS_PER_THREAD = 1 << 16
+_DTYPES = (torch.float32, torch.float64)
+_lock = threading.Lock()
+_library: ctypes.CDLL | None = None
+_pool: ThreadPoolExecutor | None = None
+
+
+def _cache_dir() -> Path:
+    """Where compiled kernels are kept (ADAMOD_KERNEL_DIR, else ~/.cache/adamod)."""
+    configured = os.environ.get("ADAMOD_KERNEL_DIR")
+    return Path(configured) if configured else Path.home() / ".cache" / "adamod"
+
+
+def _cpu_signature() -> str:
+    """CPU features, so that a -march=native build is never reused on another CPU."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        return os.uname().machine
+
+
+def load_library() -> ctypes.CDLL:
+    """Compile (once per source, flags and CPU) and load the kernel library."""
+    global _library
+    with _lock:
+        if _library is not None:
+            return _library
+        compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+        if compiler is None:
+            raise ImportError(
+                "fused=True on CPU needs a C compiler (cc/gcc, or set CC); "
+                "use foreach=True or the default path instead"
+            )
+        source = _SOURCE.read_bytes()
+        key = hashlib.sha256(source + " ".join(_FLAGS).encode() + _cpu_signature().encode())
+        target = _cache_dir() / f"adamod_kernel_{key.hexdigest()[:16]}.so"
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+                built = Path(tmp) / target.name
+                result = subprocess.run(
+                    [compiler, *_FLAGS, str(_SOURCE), "-o", str(built), "-lm"],
+                    capture_output=True,
+                    text=True,
+                )
+                if result.returncode != 0:
+                    raise ImportError(f"compiling the fused CPU kernel failed:\n{result.stderr}")
+                os.replace(built, target)  # atomic: concurrent processes never see half a file
+        library = ctypes.CDLL(str(target))
+        pointer, i64, f64 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
+        for name in ("bounded_update_f32", "bounded_update_f64"):
+            fn = getattr(library, name)
+            fn.restype = None
+            fn.argtypes = [
+                i64,
+                *[pointer] * 7,
+                pointer,
+                pointer,
+                pointer,
+                i64,
+                i64,
+                f64,
+                f64,
+                f64,
+                f64,
+                f64,
+                i64,
+                pointer,
+            ]
+        _library = library
+        return library
+
+
+def eligible(*tensors: Tensor | None) -> bool:
+    """Whether the kernel can update these tensors in place (contiguous CPU float32/float64)."""
+    for t in tensors:
+        if t is not None and not (t.is_cpu and t.dtype in _DTYPES and t.is_contiguous()):
+            return False
+    return True
+
+
+def _pointers(tensors: list[Tensor]) -> np.ndarray:
+    return np.fromiter((t.data_ptr() for t in tensors), dtype=np.uintp, count=len(tensors))
+
+
+def fused_cpu_update(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    exp_avg_lrs: list[Tensor],
+    prev_grads: list[Tensor] | None,
+    *,
+    c: list[float],
+    eps: list[float],
+    scale: list[float],
+    beta1: float,
+    beta2: float,
+    beta3: float,
+    decay: float,
+    maximize: bool,
+    version: int | None,
+    with_stats: bool,
+) -> Tensor | None:
+    """Update same-dtype tensors in one pass; return [active, Σ η, max η, Σ eff, max eff]."""
+    global _pool
+    library = load_library()
+    fn = (
+        library.bounded_update_f64
+        if params[0].dtype == torch.float64
+        else (library.bounded_update_f32)
+    )
+    grads = [g if g.is_contiguous() else g.contiguous() for g in grads]
+    arrays = [_pointers(ts) for ts in (params, grads, exp_avgs, exp_avg_sqs, exp_avg_lrs)]
+    prev = _pointers(prev_grads) if prev_grads is not None else None
+    sizes = np.fromiter((p.numel() for p in params), dtype=np.int64, count=len(params))
+    per_tensor = [np.asarray(x, dtype=np.float64) for x in (c, eps, scale)]
+    total = int(sizes.sum())
+    n_chunks = max(1, min(torch.get_num_threads(), total // _MIN_ELEMENTS_PER_THREAD))
+    bounds = [total * k // n_chunks for k in range(n_chunks + 1)]
+    stats = np.zeros((n_chunks, 5), dtype=np.float64) if with_stats else None
+
+    def run(k: int) -> None:
+        fn(
+            len(params),
+            *(a.ctypes.data for a in arrays),
+            None if prev is None else prev.ctypes.data,
+            sizes.ctypes.data,
+            *(a.ctypes.data for a in per_tensor),
+            bounds[k],
+            bounds[k + 1],
+            beta1,
+            beta2,
+            beta3,
+            decay,
+            -1.0 if maximize else 1.0,
+            -1 if version is None else version,
+            None if stats is None else stats[k].ctypes.data,
+        )
+
+    if n_chunks == 1:
+        run(0)
+    else:
+        if _pool is None or _pool._max_workers < n_chunks - 1:
+            _pool = ThreadPoolExecutor(max_workers=n_chunks - 1, thread_name_prefix="adamod")
+        futures = [_pool.submit(run, k) for k in range(1, n_chunks)]
+        run(0)
+        for future in futures:
+            future.result()
+    if stats is None:
+        return None
+    return torch.tensor(
+        [
+            stats[:, 0].sum(),
+            stats[:, 1].sum(),
+            stats[:, 2].max(),
+            stats[:, 3].sum(),
+            stats[:, 4].max(),
+        ],
+        dtype=torch.float64,
+    )
