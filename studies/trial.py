@@ -52,7 +52,7 @@ class TrialResult:
     duration_s: float
     device: str
     torch_version: str
-    extras: dict[str, Any] = field(default_factory=dict)
+    extras: dict[str, Any] = field(default_factory=dict)  # facts from the workload (data, sizes)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict (no NaN or infinity anywhere)."""
@@ -212,4 +212,5 @@ def run_trial(
         duration_s=time.perf_counter() - started,
         device=str(dev),
         torch_version=torch.__version__,
+        extras=dict(problem.extras),
     )
