@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from studies.spec import (
     DEFAULT_MAX_TRIALS,
+    OPTIMIZERS,
     Budget,
     LrGrid,
     StudySpec,
@@ -200,3 +204,45 @@ def test_load_spec_reads_yaml_and_reports_problems(tmp_path) -> None:  # type: i
         load_spec(listy)
     with pytest.raises(ValidationError, match="maximum of 1"):
         load_spec(good, max_trials=1)
+
+
+def test_canonical_json_is_pinned() -> None:
+    # Keys are stored with trials; a change here silently re-keys every stored trial.
+    cfg = TrialConfig.model_validate(
+        {
+            "workload": "noop",
+            "workload_config": {"steps_per_epoch": 2},
+            "optimizer": "adamod",
+            "lr": 0.001,
+            "beta3": 0.999,
+            "warmup_steps": 10,
+            "seed": 2,
+            "budget": {"steps": 5},
+        }
+    )
+    assert cfg.canonical_json() == (
+        '{"beta3":0.999,"betas":[0.9,0.999],"budget":{"steps":5},"eps":1e-08,"lr":0.001,'
+        '"optimizer":"adamod","seed":2,"warmup_steps":10,"weight_decay":0.0,"workload":"noop",'
+        '"workload_config":{"steps_per_epoch":2}}'
+    )
+    assert cfg.key() == hashlib.sha256(cfg.canonical_json().encode()).hexdigest()
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    optimizers=st.lists(st.sampled_from(OPTIMIZERS), min_size=1, max_size=5, unique=True),
+    n_lr=st.integers(1, 6),
+    beta3=st.lists(st.sampled_from([0.0, 0.9, 0.99, 0.999]), min_size=1, max_size=4, unique=True),
+    warmup=st.lists(st.integers(0, 500), min_size=1, max_size=3, unique=True),
+    seeds=st.integers(1, 4),
+)
+def test_n_trials_matches_expansion(
+    optimizers: list[str], n_lr: int, beta3: list[float], warmup: list[int], seeds: int
+) -> None:
+    lr = {"values": [10.0**-k for k in range(1, n_lr + 1)]}
+    s = StudySpec.model_validate(
+        spec(optimizers=optimizers, lr=lr, beta3=beta3, warmup_steps=warmup, seeds=seeds)
+    )
+    configs = expand_grid(s)
+    assert len(configs) == s.n_trials
+    assert len({c.key() for c in configs}) == len(configs)
