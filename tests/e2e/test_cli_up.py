@@ -60,7 +60,8 @@ def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 def test_up_submit_wait_report_and_ctrl_c(tmp_path: Path) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "ADAMOD_LAB_API_TOKENS": "cli-token", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "ADAMOD_LAB_API_TOKENS": "cli-token", "ADAMOD_LAB_PROTECT_READS": "1",
+           "OMP_NUM_THREADS": "1"}
     env.pop("ADAMOD_LAB_DATABASE_URL", None)
     log = open(tmp_path / "up.log", "wb")  # noqa: SIM115
     up = spawn(
@@ -83,6 +84,10 @@ def test_up_submit_wait_report_and_ctrl_c(tmp_path: Path) -> None:
         study_id = int(submitted.stdout.strip())
         assert "completed" in submitted.stderr  # the progress bar's last words
 
+        # Reads are protected too on this server: the token comes from ADAMOD_LAB_API_TOKEN.
+        anonymous = httpx.get(f"{url}/studies/{study_id}", timeout=10)
+        assert anonymous.status_code == 401
+        client_env["ADAMOD_LAB_API_TOKEN"] = "cli-token"
         status = _cli("status", str(study_id), env=client_env)
         assert status.returncode == 0 and "completed" in status.stdout
         assert "12/12 done" in status.stdout

@@ -33,46 +33,49 @@ def test_digits_study_end_to_end(database_url: str, tmp_path) -> None:  # type: 
     with (
         running_server(database_url, log_path=str(tmp_path / "server.log")) as url,
         httpx.Client(base_url=url, timeout=60) as client,
-        running_workers(database_url, 2, tmp_path),
     ):
         created = client.post("/studies", json=DIGITS_STUDY)
         assert created.status_code == 201, created.text
         study = created.json()
         n = study["n_trials"]
         assert n == 12  # 2 optimizers x 3 lrs x 2 seeds
-        try:
-            study = poll(client, study["id"], lambda s: s["status"] == "completed", timeout=150)
-        except AssertionError as exc:
-            raise AssertionError(f"{exc}\n{log_tail(tmp_path)}") from None
-        assert study["progress"]["completed"] + study["progress"]["diverged"] == n
-        assert study["started_at"] and study["finished_at"]
+        # No worker yet: the report exists, is partial, and has no results in it.
+        early = client.get(f"/studies/{study['id']}/report").json()
+        assert early["complete"] is False and early["n_used"] == 0
+        with running_workers(database_url, 2, tmp_path):
+            try:
+                study = poll(client, study["id"], lambda s: s["status"] == "completed", timeout=150)
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}\n{log_tail(tmp_path)}") from None
+            assert study["progress"]["completed"] + study["progress"]["diverged"] == n
+            assert study["started_at"] and study["finished_at"]
 
-        # Every grid point completed exactly once, by one of our workers.
-        trials = client.get(f"/studies/{study['id']}/trials").json()
-        assert sorted(t["number"] for t in trials) == list(range(n))
-        keys = Counter(
-            (p["optimizer"], p["lr"], p["beta3"], p["warmup_steps"], p["seed"])
-            for p in (t["params"] for t in trials)
-        )
-        assert len(keys) == n and set(keys.values()) == {1}
-        assert {t["state"] for t in trials} <= {"completed", "diverged"}
-        assert all(t["attempts"] == 1 for t in trials)
-        assert all(t["worker"]["device"] == "cpu" for t in trials)
-        assert all(t["curve"] and t["loss0"] is not None for t in trials)
+            # Every grid point completed exactly once, by one of our workers.
+            trials = client.get(f"/studies/{study['id']}/trials").json()
+            assert sorted(t["number"] for t in trials) == list(range(n))
+            keys = Counter(
+                (p["optimizer"], p["lr"], p["beta3"], p["warmup_steps"], p["seed"])
+                for p in (t["params"] for t in trials)
+            )
+            assert len(keys) == n and set(keys.values()) == {1}
+            assert {t["state"] for t in trials} <= {"completed", "diverged"}
+            assert all(t["attempts"] == 1 for t in trials)
+            assert all(t["worker"]["device"] == "cpu" for t in trials)
+            assert all(t["curve"] and t["loss0"] is not None for t in trials)
 
-        report = client.get(f"/studies/{study['id']}/report")
-        assert report.status_code == 200
-        body = report.json()
-        assert body["complete"] is True
-        for name, path in study["links"]["plots"].items():
-            png = client.get(path)
-            assert png.status_code == 200, (name, png.text)
-            assert png.headers["content-type"] == "image/png"
-            assert png.content.startswith(b"\x89PNG") and len(png.content) > 5000
-        html = client.get(study["links"]["report_html"])
-        assert html.status_code == 200 and "<img" in html.text
-        # The cached report answers again, identically.
-        assert client.get(f"/studies/{study['id']}/report").content == report.content
+            report = client.get(f"/studies/{study['id']}/report")
+            assert report.status_code == 200
+            body = report.json()
+            assert body["complete"] is True and body["n_used"] == n
+            for name, path in study["links"]["plots"].items():
+                png = client.get(path)
+                assert png.status_code == 200, (name, png.text)
+                assert png.headers["content-type"] == "image/png"
+                assert png.content.startswith(b"\x89PNG") and len(png.content) > 5000
+            html = client.get(study["links"]["report_html"])
+            assert html.status_code == 200 and "<img" in html.text
+            # The cached report answers again, identically.
+            assert client.get(f"/studies/{study['id']}/report").content == report.content
 
     # Optuna sees the same trials in the same database.
     loaded = optuna.load_study(
@@ -93,7 +96,7 @@ def test_cancel_mid_study_stops_queued_trials(sqlite_url: str, tmp_path) -> None
     slow = {
         "name": "cancel me",
         "workload": "noop",
-        "workload_config": {"steps_per_epoch": 4, "sleep_s": 0.1},
+        "workload_config": {"steps_per_epoch": 4, "sleep_s": 0.2},
         "optimizers": ["adam"],
         "lr": {"min": 1e-3, "max": 1e-1, "points": 20},
         "seeds": 1,
@@ -118,7 +121,7 @@ def test_cancel_mid_study_stops_queued_trials(sqlite_url: str, tmp_path) -> None
         p = final["progress"]
         assert p["completed"] <= at_cancel["completed"] + at_cancel["running"]
         assert p["completed"] + p["cancelled"] + p["diverged"] + p["failed"] == 20
-        assert p["cancelled"] >= 20 - at_cancel["completed"] - at_cancel["running"]
+        assert p["cancelled"] >= 20 - at_cancel["completed"] - at_cancel["running"] > 0
         trials = client.get(f"/studies/{study['id']}/trials").json()
         assert all(t["state"] in TERMINAL for t in trials)
         report = client.get(f"/studies/{study['id']}/report").json()

@@ -30,7 +30,7 @@ def test_fuzzing_the_openapi_schema_finds_no_server_error(sqlite_url: str, tmp_p
                 _schemathesis(), "run", f"{url}/openapi.json",
                 "--checks", "not_a_server_error",
                 "--max-examples", "20",
-                "--max-time", "30",
+                "--max-time", "20",
                 "--seed", "20260101",
                 "--generation-database", "none",
                 "--no-color",
