@@ -22,6 +22,10 @@ from torch import Tensor
 
 _SOURCE = Path(__file__).with_name("_cpu_kernel.c")
 _FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno", "-shared", "-fPIC"]
+# tried in order: vector exp from glibc's libmvec, then plain libm
+_LINK_OPTIONS = (["-lmvec", "-lm"], ["-DADAMOD_NO_MVEC", "-lm"])
+# DiffMod's friction ξ = a / (1 + exp(-k d)) + b with d = |Δg| (use_abs) or Δg, per version
+_FRICTION = {0: (1, 1.0, 1.0, 0.0), 1: (0, 1.0, 1.0, 0.0), 2: (1, 9.0, 0.5, -4.0)}
 _MIN_ELEMENTS_PER_THREAD = 1 << 16
 _DTYPES = (torch.float32, torch.float64)
 _lock = threading.Lock()
@@ -63,13 +67,20 @@ def load_library() -> ctypes.CDLL:
             target.parent.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
                 built = Path(tmp) / target.name
-                result = subprocess.run(
-                    [compiler, *_FLAGS, str(_SOURCE), "-o", str(built), "-lm"],
-                    capture_output=True,
-                    text=True,
-                )
-                if result.returncode != 0:
-                    raise ImportError(f"compiling the fused CPU kernel failed:\n{result.stderr}")
+                errors = []
+                for link in _LINK_OPTIONS:
+                    result = subprocess.run(
+                        [compiler, *_FLAGS, str(_SOURCE), "-o", str(built), *link],
+                        capture_output=True,
+                        text=True,
+                    )
+                    if result.returncode == 0:
+                        break
+                    errors.append(result.stderr)
+                else:
+                    raise ImportError(
+                        "compiling the fused CPU kernel failed:\n" + "\n".join(errors)
+                    )
                 os.replace(built, target)  # atomic: concurrent processes never see half a file
         library = ctypes.CDLL(str(target))
         pointer, i64, f64 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
@@ -89,8 +100,11 @@ def load_library() -> ctypes.CDLL:
                 f64,
                 f64,
                 f64,
-                i64,
-                pointer,
+                i64,  # use_abs
+                f64,  # friction a, k, b
+                f64,
+                f64,
+                pointer,  # stats
             ]
         _library = library
         return library
@@ -144,6 +158,7 @@ def fused_cpu_update(
     n_chunks = max(1, min(torch.get_num_threads(), total // _MIN_ELEMENTS_PER_THREAD))
     bounds = [total * k // n_chunks for k in range(n_chunks + 1)]
     stats = np.zeros((n_chunks, 5), dtype=np.float64) if with_stats else None
+    friction = _FRICTION[0 if version is None else version]
 
     def run(k: int) -> None:
         fn(
@@ -159,7 +174,7 @@ def fused_cpu_update(
             beta3,
             decay,
             -1.0 if maximize else 1.0,
-            -1 if version is None else version,
+            *friction,
             None if stats is None else stats[k].ctypes.data,
         )
 

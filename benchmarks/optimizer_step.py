@@ -11,22 +11,27 @@ rounds and the ratios to torch's fused and foreach Adam measured in the same run
 
 from __future__ import annotations
 
-import argparse
-import os
-import platform
-import random
-import statistics
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-import torch
+# run as a script, this folder comes first on sys.path: sibling benchmarks (e.g. queue.py) must
+# not shadow the standard library, and the checkout's adamod must be importable
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+sys.path.insert(0, str(_HERE.parent))
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
+import argparse  # noqa: E402
+import os  # noqa: E402
+import platform  # noqa: E402
+import random  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 
-from adamod import AdaMod, DiffMod
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from adamod import AdaMod, DiffMod  # noqa: E402
 
 Factory = Callable[[list[torch.Tensor]], torch.optim.Optimizer]
 
@@ -42,8 +47,8 @@ def optimizers(include_fused: bool) -> dict[str, Factory]:
         "DiffMod foreach": lambda p: DiffMod(p, foreach=True),
     }
     if include_fused:
-        table["AdaMod fused (compiled)"] = lambda p: AdaMod(p, fused=True)
-        table["DiffMod fused (compiled)"] = lambda p: DiffMod(p, fused=True)
+        table["AdaMod fused"] = lambda p: AdaMod(p, fused=True)
+        table["DiffMod fused"] = lambda p: DiffMod(p, fused=True)
     return table
 
 
