@@ -64,7 +64,8 @@ class ReportCache:
                     self._entries[view.id] = entry
                     self._entries.move_to_end(view.id)
                     while len(self._entries) > self.max_entries:
-                        self._entries.popitem(last=False)
+                        evicted, _ = self._entries.popitem(last=False)
+                        self._study_locks.pop(evicted, None)
             return entry
 
     def _build(self, db: Any, view: Any, version: tuple) -> CachedReport:
