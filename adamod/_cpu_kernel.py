@@ -69,11 +69,15 @@ def load_library() -> ctypes.CDLL:
                 built = Path(tmp) / target.name
                 errors = []
                 for link in _LINK_OPTIONS:
-                    result = subprocess.run(
-                        [compiler, *_FLAGS, str(_SOURCE), "-o", str(built), *link],
-                        capture_output=True,
-                        text=True,
-                    )
+                    try:
+                        result = subprocess.run(
+                            [compiler, *_FLAGS, str(_SOURCE), "-o", str(built), *link],
+                            capture_output=True,
+                            text=True,
+                        )
+                    except OSError as error:  # CC names no runnable program
+                        errors.append(f"{compiler}: {error}")
+                        continue
                     if result.returncode == 0:
                         break
                     errors.append(result.stderr)

@@ -217,7 +217,9 @@ def _fused_update(
     }
     on_cpu = [i for i, p in enumerate(params) if p.device.type == "cpu"]
     if on_cpu:
-        from adamod import _cpu_kernel  # lazy: compiles the kernel on first use
+        from adamod import _cpu_kernel
+
+        _cpu_kernel.load_library()  # compiles on first use; fails before anything changes
 
         def pick(indices: list[int]) -> list[list[Tensor]]:
             lists = [params, grads, exp_avgs, exp_avg_sqs, exp_avg_lrs, state_steps]

@@ -193,3 +193,51 @@ def test_implementation_choice() -> None:
     assert choose_impl(cpu, True, None) == "multi"
     assert choose_impl(cpu, False, True) == "fused"
     assert choose_impl(cpu, None, False) == "single"
+
+
+@pytest.mark.parametrize("info", OPTIMIZERS, ids=lambda i: i.name)
+def test_fused_path_handles_mixed_params_like_the_default_path(info: OptimizerInfo) -> None:
+    """float32, float64, bfloat16 and non-contiguous params in one fused step match the default."""
+
+    def make() -> list[torch.nn.Parameter]:
+        gen = torch.Generator().manual_seed(5)
+        return [
+            torch.nn.Parameter(torch.randn(30, generator=gen)),
+            torch.nn.Parameter(torch.randn(8, generator=gen, dtype=torch.float64)),
+            torch.nn.Parameter(torch.randn(12, generator=gen).to(torch.bfloat16)),
+            torch.nn.Parameter(torch.randn(4, 6, generator=gen).t()),  # not contiguous
+        ]
+
+    fused, default = make(), make()
+    assert not fused[3].is_contiguous()
+    opt_f = info.cls(fused, **info.valid_inputs[1], fused=True, track_bounds=True)
+    opt_d = info.cls(default, **info.valid_inputs[1], track_bounds=True)
+    gen = torch.Generator().manual_seed(6)
+    for _ in range(20):
+        for a, b in zip(fused, default, strict=True):
+            g = torch.randn(a.shape, generator=gen).to(a.dtype)
+            a.grad, b.grad = g, g.clone()
+        opt_f.step()
+        opt_d.step()
+    for a, b in zip(fused, default, strict=True):
+        tol = 1e-2 if a.dtype == torch.bfloat16 else 1e-5
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+    for key, values in opt_f.bound_stats().items():
+        torch.testing.assert_close(
+            torch.tensor(values), torch.tensor(opt_d.bound_stats()[key]), rtol=1e-4, atol=0.02
+        )
+
+
+def test_fused_cpu_without_a_compiler_is_a_clear_error(monkeypatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """With no working compiler, fused=True raises ImportError saying what is needed."""
+    from adamod import _cpu_kernel
+
+    monkeypatch.setattr(_cpu_kernel, "_library", None)
+    monkeypatch.setenv("ADAMOD_KERNEL_DIR", str(tmp_path))
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = AdaMod([p], fused=True)
+    p.grad = torch.ones(3)
+    with pytest.raises(ImportError, match="compiling the fused CPU kernel failed"):
+        opt.step()
+    assert torch.equal(p.detach(), torch.ones(3)) and opt.state[p]["step"].item() == 0
