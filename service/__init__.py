@@ -1,6 +1,7 @@
-"""AdaMod Lab's REST service: the FastAPI app (create_app), its settings and the adamod-lab CLI."""
+"""AdaMod Lab's REST service: the FastAPI app (service.app), its settings, the adamod-lab CLI."""
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from service.version import __version__
+
 __all__ = ["__version__"]

@@ -11,12 +11,12 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 
-from service import __version__
 from service.errors import install_error_handlers
 from service.middleware import BodySizeLimitMiddleware
 from service.reportcache import ReportCache
 from service.routes import health, reports, studies, workloads
 from service.settings import Settings
+from service.version import __version__
 from studies.db import Database
 from studies.spec import StudySpec
 

@@ -6,9 +6,9 @@ from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
-from service import __version__
 from service.deps import DbDep
 from service.schemas import Health
+from service.version import __version__
 from studies.db import Database
 
 router = APIRouter(tags=["health"])
