@@ -184,7 +184,11 @@ def _multi_tensor_update(
     version: int | None,
     tracker: BoundTracker | None,
 ) -> None:
-    """torch._foreach_* implementation: one op per line of maths over all tensors of a device."""
+    """torch._foreach_* implementation: one op per line of maths over all tensors of a device.
+
+    On CPU, where foreach ops are loops over tensors, the tensors are regrouped into batches of
+    cache-sized blocks so that the passes over memory hit the cache.
+    """
     lists: list[list[Tensor]] = [params, grads, exp_avgs, exp_avg_sqs, exp_avg_lrs, state_steps]
     if version is not None:
         assert prev_grads is not None
@@ -196,44 +200,109 @@ def _multi_tensor_update(
             d_grads = torch._foreach_neg(d_grads)
         torch._foreach_add_(d_steps, 1.0)
         steps = [t.item() for t in d_steps]
-
-        if weight_decay != 0.0:
-            torch._foreach_mul_(d_params, 1.0 - lr * weight_decay)
-        torch._foreach_lerp_(d_avgs, d_grads, 1.0 - beta1)
-        torch._foreach_mul_(d_sqs, beta2)
-        torch._foreach_addcmul_(d_sqs, d_grads, d_grads, 1.0 - beta2)
-
         coeffs = [
-            coefficients(s, beta1=beta1, beta2=beta2, lr=lr, eps=eps, form=form) for s in steps
+            coefficients(st, beta1=beta1, beta2=beta2, lr=lr, eps=eps, form=form) for st in steps
         ]
-        etas = torch._foreach_sqrt(d_sqs)
-        torch._foreach_add_(etas, [e for _, e, _ in coeffs])
+        tensors = [d_params, d_grads, d_avgs, d_sqs, d_lrs, *group_lists[6:]]
         if device.type == "cpu":
-            # CPU foreach ops loop over tensors and broadcast, so c / x is one pass here
-            scalars = [torch.tensor(c, dtype=torch.float64) for c, _, _ in coeffs]
-            torch.ops.aten._foreach_div.List_out(scalars, etas, out=etas)
+            batches = _cpu_batches(tensors, coeffs, steps)
         else:
-            torch._foreach_reciprocal_(etas)
-            torch._foreach_mul_(etas, [c for c, _, _ in coeffs])
-        torch._foreach_lerp_(d_lrs, etas, 1.0 - beta3)
-        if tracker is not None:
-            for eta, lr_avg, step in zip(etas, d_lrs, steps, strict=True):
-                tracker.add(partial_bound_stats(eta, lr_avg), eta.numel(), int(step))
-        torch._foreach_minimum_(etas, d_lrs)
-        if version is not None:
-            d_prev = group_lists[6]
-            diffs = torch._foreach_sub(d_prev, d_grads)
-            if version != 1:
-                torch._foreach_abs_(diffs)
-            if version == 2:
-                torch._foreach_mul_(diffs, 0.5)
-            torch._foreach_sigmoid_(diffs)
-            if version == 2:
-                torch._foreach_mul_(diffs, 9.0)
-                torch._foreach_sub_(diffs, 4.0)
-            torch._foreach_mul_(etas, diffs)
-            torch._foreach_copy_(d_prev, d_grads)
-        torch._foreach_addcmul_(d_params, etas, d_avgs, [-scale for _, _, scale in coeffs])
+            batches = [(tensors, coeffs, steps)]
+        for batch, batch_coeffs, batch_steps in batches:
+            _foreach_block(
+                *batch[:5],
+                batch[5] if version is not None else None,
+                coeffs=batch_coeffs,
+                steps=batch_steps,
+                beta1=beta1,
+                beta2=beta2,
+                beta3=beta3,
+                decay=1.0 - lr * weight_decay,
+                version=version,
+                tracker=tracker,
+                cpu=device.type == "cpu",
+            )
+
+
+Coeffs = list[tuple[float, float, float]]
+
+
+def _cpu_batches(
+    tensors: list[list[Tensor]], coeffs: Coeffs, steps: list[float]
+) -> list[tuple[list[list[Tensor]], Coeffs, list[float]]]:
+    """Regroup tensors into batches of about CACHE_BLOCK elements (big ones split in blocks)."""
+    batches: list[tuple[list[list[Tensor]], Coeffs, list[float]]] = []
+    current: list[list[Tensor]] = [[] for _ in tensors]
+    current_coeffs: Coeffs = []
+    current_steps: list[float] = []
+    size = 0
+    for i in range(len(tensors[0])):
+        for block in _cache_blocks([lst[i] for lst in tensors]):
+            for column, t in zip(current, block, strict=True):
+                column.append(t)
+            current_coeffs.append(coeffs[i])
+            current_steps.append(steps[i])
+            size += block[0].numel()
+            if size >= CACHE_BLOCK:
+                batches.append((current, current_coeffs, current_steps))
+                current, current_coeffs, current_steps = [[] for _ in tensors], [], []
+                size = 0
+    if current_coeffs:
+        batches.append((current, current_coeffs, current_steps))
+    return batches
+
+
+def _foreach_block(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    exp_avg_lrs: list[Tensor],
+    prev_grads: list[Tensor] | None,
+    *,
+    coeffs: Coeffs,
+    steps: list[float],
+    beta1: float,
+    beta2: float,
+    beta3: float,
+    decay: float,
+    version: int | None,
+    tracker: BoundTracker | None,
+    cpu: bool,
+) -> None:
+    """The update of a list of same-device tensors, one foreach op per line of maths."""
+    if decay != 1.0:
+        torch._foreach_mul_(params, decay)  # decoupled weight decay first
+    torch._foreach_lerp_(exp_avgs, grads, 1.0 - beta1)  # m_t
+    torch._foreach_mul_(exp_avg_sqs, beta2)  # v_t
+    torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1.0 - beta2)
+    etas = torch._foreach_sqrt(exp_avg_sqs)
+    torch._foreach_add_(etas, [e for _, e, _ in coeffs])
+    if cpu:
+        # η_t = c / x: CPU foreach ops loop over tensors and broadcast, so this is one pass
+        scalars = [torch.tensor(c, dtype=torch.float64) for c, _, _ in coeffs]
+        torch.ops.aten._foreach_div.List_out(scalars, etas, out=etas)
+    else:
+        torch._foreach_reciprocal_(etas)
+        torch._foreach_mul_(etas, [c for c, _, _ in coeffs])
+    torch._foreach_lerp_(exp_avg_lrs, etas, 1.0 - beta3)  # s_t
+    if tracker is not None:
+        for eta, lr_avg, step in zip(etas, exp_avg_lrs, steps, strict=True):
+            tracker.add(partial_bound_stats(eta, lr_avg), eta.numel(), int(step))
+    torch._foreach_minimum_(etas, exp_avg_lrs)  # min(η_t, s_t)
+    if prev_grads is not None:  # DiffMod: ξ_t from g_{t-1} - g_t
+        diffs = torch._foreach_sub(prev_grads, grads)
+        if version != 1:
+            torch._foreach_abs_(diffs)
+        if version == 2:
+            torch._foreach_mul_(diffs, 0.5)
+        torch._foreach_sigmoid_(diffs)
+        if version == 2:
+            torch._foreach_mul_(diffs, 9.0)
+            torch._foreach_sub_(diffs, 4.0)
+        torch._foreach_mul_(etas, diffs)
+        torch._foreach_copy_(prev_grads, grads)
+    torch._foreach_addcmul_(params, etas, exp_avgs, [-scale for _, _, scale in coeffs])
 
 
 def _fused_update(

@@ -244,7 +244,8 @@ def test_fused_cpu_without_a_compiler_is_a_clear_error(monkeypatch, tmp_path) ->
 
 
 @pytest.mark.parametrize("info", OPTIMIZERS, ids=lambda i: i.name)
-def test_cache_blocking_changes_no_result(info: OptimizerInfo, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("foreach", [False, True])
+def test_cache_blocking_changes_no_result(info: OptimizerInfo, foreach: bool, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """Updating a large tensor block by block gives bit-identical params and the same telemetry."""
     from adamod import _update
 
@@ -252,12 +253,13 @@ def test_cache_blocking_changes_no_result(info: OptimizerInfo, monkeypatch) -> N
     for block in (50, 10**9):
         monkeypatch.setattr(_update, "CACHE_BLOCK", block)
         gen = torch.Generator().manual_seed(2)
-        p = torch.nn.Parameter(torch.randn(3, 107, generator=gen))
-        opt = info.cls([p], **info.valid_inputs[2], foreach=False, track_bounds=True)
+        ps = [torch.nn.Parameter(torch.randn(n, generator=gen)) for n in (321, 7, 30, 64)]
+        opt = info.cls(ps, **info.valid_inputs[2], foreach=foreach, track_bounds=True)
         for _ in range(10):
-            p.grad = torch.randn(p.shape, generator=gen)
+            for p in ps:
+                p.grad = torch.randn(p.shape, generator=gen)
             opt.step()
-        results.append((p.detach().clone(), opt.bound_stats()))
+        results.append((torch.cat([p.detach() for p in ps]), opt.bound_stats()))
     assert torch.equal(results[0][0], results[1][0])
     for key in results[0][1]:
         assert results[0][1][key] == pytest.approx(results[1][1][key], rel=1e-6)
