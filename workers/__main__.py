@@ -59,6 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=300.0,
         help="give up (exit 3) after the database was unreachable this long",
     )
+    parser.add_argument(
+        "--report-interval",
+        type=float,
+        default=0.5,
+        help="write evaluations at most this often (seconds); each write also checks for "
+        "cancellation; the full curve is always written at completion (0: every evaluation)",
+    )
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
     return parser
 
@@ -86,6 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_attempts=args.max_attempts,
         shutdown_timeout=args.shutdown_timeout,
         retry_timeout=args.retry_timeout,
+        report_interval=args.report_interval,
     )
     try:
         worker = Worker(options)

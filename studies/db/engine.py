@@ -81,7 +81,9 @@ def finite_or_none(value: float | None) -> float | None:
 class Database:
     """One database (SQLite file or PostgreSQL) with its engine, sessions and migrations."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, pre_ping: bool = True) -> None:
+        """`pre_ping`: test pooled PostgreSQL connections before use (a round trip per session);
+        callers that retry disconnects themselves, like workers, turn it off."""
         self.url = normalize_database_url(url)
         backend = make_url(self.url).get_backend_name()
         self.is_sqlite = backend == "sqlite"
@@ -100,7 +102,7 @@ class Database:
                 self.url,
                 json_serializer=json_dumps,
                 # A restarted server leaves dead connections in the pool: test them before use.
-                pool_pre_ping=True,
+                pool_pre_ping=pre_ping,
                 pool_size=5,
                 max_overflow=5,
                 connect_args={"connect_timeout": 10},
@@ -146,6 +148,8 @@ class Database:
         """
         from studies.db.migrations import upgrade_head
 
+        if self.schema_is_current():
+            return  # the common case for every worker after the first: no locks, no DDL
         with self._writer_bind.connect() as connection:
             if self.is_postgres:
                 connection.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _MIGRATION_LOCK_KEY})
@@ -164,6 +168,18 @@ class Database:
                         text("SELECT pg_advisory_unlock(:k)"), {"k": _MIGRATION_LOCK_KEY}
                     )
                     connection.commit()
+
+    def schema_is_current(self) -> bool:
+        """True when our tables are at the newest revision and Optuna's tables exist."""
+        from studies.db.migrations import HEAD_REVISION
+
+        try:
+            with self.engine.connect() as connection:
+                ours = connection.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).all()
+                connection.execute(text("SELECT version_num FROM alembic_version")).all()
+        except Exception:
+            return False  # missing tables: migrate
+        return [row[0] for row in ours] == [HEAD_REVISION]
 
     def ping(self) -> None:
         """Raises when the database cannot be reached (for health checks)."""

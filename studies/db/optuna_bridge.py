@@ -6,12 +6,13 @@ min(loss, loss0) (loss0 when diverged), the quantity the robustness analysis ran
 are Optuna FAIL trials; the curve is the trial's intermediate values.
 
 A finished trial is written once, when it finishes, in the SAME transaction that stores our
-result: a handful of multi-row INSERTs into Optuna's tables through Optuna's own table definitions
-(the rows RDBStorage.create_new_trial would write, with the trial number computed under the same
-study-row lock). So a trial is in Optuna exactly when it is finished in ours, and the write costs a
-few milliseconds instead of the ~30 statements of create_new_trial. When the database's Optuna
-schema is not the installed Optuna's head revision, we fall back to create_new_trial (separate
-transaction) and `sync_optuna` repairs anything a crash left unmirrored.
+result: a few multi-row INSERTs into Optuna's tables through Optuna's own table definitions (the
+rows RDBStorage.create_new_trial would write). The Optuna trial number is our grid number, so
+Optuna trial k is grid point k and no study-wide lock is needed. So a trial is in Optuna exactly
+when it is finished in ours, and the write costs a few milliseconds instead of the ~30 statements
+of create_new_trial. When the database's Optuna schema is not the installed Optuna's head
+revision, we fall back to create_new_trial (separate transaction), and `sync_optuna` repairs
+anything a crash left unmirrored.
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ class FinishedTrial:
     """A finished trial of ours, as mirrored in Optuna."""
 
     trial_id: int
+    number: int  # our grid number, also the Optuna trial number
     params: dict[str, Any]
     state: str  # completed | diverged | failed
     loss: float | None
@@ -235,39 +237,28 @@ def _utc_naive(moment: datetime | None) -> datetime:
 def insert_finished_trial(session: Session, handle: StudyHandle, trial: FinishedTrial) -> int:
     """Writes one finished trial into Optuna's tables inside the caller's transaction.
 
-    The rows are exactly those RDBStorage.create_new_trial(template_trial=...) writes; the trial
-    number is counted under a lock on the Optuna study row, as Optuna does. Returns the trial id.
+    The rows are those RDBStorage.create_new_trial(template_trial=...) writes, except that the
+    trial number is our grid number. Returns the Optuna trial id.
     """
     from optuna.distributions import distribution_to_json
     from optuna.storages._rdb import models
     from optuna.trial import TrialState
-    from sqlalchemy import func, insert, literal, select
+    from sqlalchemy import insert
 
     trials = models.TrialModel.__table__
     value = trial.value()
     state = TrialState.COMPLETE if value is not None else TrialState.FAIL
-    session.execute(
-        select(models.StudyModel.__table__.c.study_id)
-        .where(models.StudyModel.__table__.c.study_id == handle.optuna_study_id)
-        .with_for_update()
-    )
-    number = (
-        select(func.count())
-        .select_from(trials)
-        .where(trials.c.study_id == handle.optuna_study_id)
-        .scalar_subquery()
-    )
+    # The Optuna trial number is our grid number: unique within the study by our own constraint,
+    # so no study-wide lock and count is needed (Optuna's create_new_trial takes both, which
+    # serializes every completion of a study).
     optuna_trial_id = session.execute(
         insert(trials)
-        .from_select(
-            ["number", "study_id", "state", "datetime_start", "datetime_complete"],
-            select(
-                number,
-                literal(handle.optuna_study_id),
-                literal(state, trials.c.state.type),
-                literal(_utc_naive(trial.started_at), trials.c.datetime_start.type),
-                literal(_utc_naive(trial.finished_at), trials.c.datetime_complete.type),
-            ),
+        .values(
+            number=trial.number,
+            study_id=handle.optuna_study_id,
+            state=state,
+            datetime_start=_utc_naive(trial.started_at),
+            datetime_complete=_utc_naive(trial.finished_at),
         )
         .returning(trials.c.trial_id)
     ).scalar_one()
@@ -348,6 +339,7 @@ def finished_trial_from_row(row: Any) -> FinishedTrial:
         worker = {"host": row.worker_host, "pid": row.worker_pid, "device": row.worker_device}
     return FinishedTrial(
         trial_id=row.id,
+        number=row.number,
         params=row.params,
         state=row.state,
         loss=row.loss,

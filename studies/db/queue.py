@@ -39,6 +39,7 @@ __all__ = [
     "DEFAULT_MAX_ATTEMPTS",
     "ClaimedTrial",
     "WorkerInfo",
+    "buffer_evaluation",
     "claim_next_trial",
     "complete_trial",
     "eval_point_json",
@@ -213,12 +214,17 @@ def eval_point_json(point: EvalPoint) -> dict[str, Any]:
     }
 
 
-def record_evaluation(db: Database, claim: ClaimedTrial, point: EvalPoint) -> bool:
-    """Stores one evaluation on the trial's curve and renews the lease; False: stop the trial."""
+def buffer_evaluation(claim: ClaimedTrial, point: EvalPoint) -> None:
+    """Adds an evaluation to the claim's curve without writing it (the next write carries it)."""
     stored = eval_point_json(point)
     # Idempotent, so that a retry after a lost reply does not store the point twice.
     if not claim.curve or claim.curve[-1] != stored:
         claim.curve.append(stored)
+
+
+def record_evaluation(db: Database, claim: ClaimedTrial, point: EvalPoint) -> bool:
+    """Stores one evaluation on the trial's curve and renews the lease; False: stop the trial."""
+    buffer_evaluation(claim, point)
     with db.session() as session:
         result = session.execute(
             update(TrialRow)
@@ -236,6 +242,7 @@ def _finished(
 ) -> FinishedTrial:
     return FinishedTrial(
         trial_id=claim.trial_id,
+        number=claim.number,
         params=claim.params or claim.config.params(),
         state=state,
         loss=None if result is None else finite_or_none(result.loss),

@@ -138,6 +138,14 @@ def test_migrations_use_their_own_version_table(database_url: str) -> None:
     assert ours == "0001" and optunas != ours
 
 
+def test_head_revision_constant_matches_alembic() -> None:
+    from alembic.script import ScriptDirectory
+
+    from studies.db.migrations import HEAD_REVISION, alembic_config
+
+    assert ScriptDirectory.from_config(alembic_config()).get_heads() == [HEAD_REVISION]
+
+
 def test_database_url_validation() -> None:
     assert normalize_database_url("postgresql://u@h/db") == "postgresql+psycopg://u@h/db"
     assert normalize_database_url("postgres://u@h/db") == "postgresql+psycopg://u@h/db"

@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MIGRATIONS_DIR", "alembic_config", "upgrade_head"]
+__all__ = ["HEAD_REVISION", "MIGRATIONS_DIR", "alembic_config", "upgrade_head"]
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent
+# The newest revision in versions/ (a test checks it against Alembic's own view).
+HEAD_REVISION = "0001"
 
 
 def alembic_config(connection: Any = None, url: str | None = None) -> Any:
