@@ -23,14 +23,18 @@ from pathlib import Path
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# Run as a script, this folder is sys.path[0], and its queue.py would shadow the standard
+# library's `queue` (which torch imports): use the repository root instead.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+sys.path.insert(0, str(_HERE.parent))
 
-from sqlalchemy import update
+from sqlalchemy import update  # noqa: E402
 
-from service.processes import running_server
-from studies.db import Database, create_study
-from studies.db.models import TrialRow
-from studies.spec import StudySpec
+from service.processes import running_server  # noqa: E402
+from studies.db import Database, create_study  # noqa: E402
+from studies.db.models import TrialRow  # noqa: E402
+from studies.spec import StudySpec  # noqa: E402
 
 SPEC = {
     "name": "benchmark 5000",

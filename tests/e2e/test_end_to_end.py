@@ -9,8 +9,10 @@ from collections import Counter
 import httpx
 import optuna
 import pytest
+from pydantic import TypeAdapter
 
 from service.processes import running_server
+from service.schemas import TrialOut
 
 from .conftest import log_tail, poll, running_workers
 
@@ -52,6 +54,7 @@ def test_digits_study_end_to_end(database_url: str, tmp_path) -> None:  # type: 
 
             # Every grid point completed exactly once, by one of our workers.
             trials = client.get(f"/studies/{study['id']}/trials").json()
+            TypeAdapter(list[TrialOut]).validate_python(trials)  # the documented shape
             assert sorted(t["number"] for t in trials) == list(range(n))
             keys = Counter(
                 (p["optimizer"], p["lr"], p["beta3"], p["warmup_steps"], p["seed"])
