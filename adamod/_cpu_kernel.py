@@ -16,7 +16,6 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -122,8 +121,8 @@ def eligible(*tensors: Tensor | None) -> bool:
     return True
 
 
-def _pointers(tensors: list[Tensor]) -> np.ndarray:
-    return np.fromiter((t.data_ptr() for t in tensors), dtype=np.uintp, count=len(tensors))
+def _pointers(tensors: list[Tensor]) -> ctypes.Array:
+    return (ctypes.c_void_p * len(tensors))(*[t.data_ptr() for t in tensors])
 
 
 def fused_cpu_update(
@@ -156,21 +155,22 @@ def fused_cpu_update(
     grads = [g if g.is_contiguous() else g.contiguous() for g in grads]
     arrays = [_pointers(ts) for ts in (params, grads, exp_avgs, exp_avg_sqs, exp_avg_lrs)]
     prev = _pointers(prev_grads) if prev_grads is not None else None
-    sizes = np.fromiter((p.numel() for p in params), dtype=np.int64, count=len(params))
-    per_tensor = [np.asarray(x, dtype=np.float64) for x in (c, eps, scale)]
-    total = int(sizes.sum())
+    numels = [p.numel() for p in params]
+    sizes = (ctypes.c_int64 * len(numels))(*numels)
+    per_tensor = [(ctypes.c_double * len(x))(*x) for x in (c, eps, scale)]
+    total = sum(numels)
     n_chunks = max(1, min(torch.get_num_threads(), total // _MIN_ELEMENTS_PER_THREAD))
     bounds = [total * k // n_chunks for k in range(n_chunks + 1)]
-    stats = np.zeros((n_chunks, 5), dtype=np.float64) if with_stats else None
+    stats = [(ctypes.c_double * 5)() for _ in range(n_chunks)] if with_stats else None
     friction = _FRICTION[0 if version is None else version]
 
     def run(k: int) -> None:
         fn(
             len(params),
-            *(a.ctypes.data for a in arrays),
-            None if prev is None else prev.ctypes.data,
-            sizes.ctypes.data,
-            *(a.ctypes.data for a in per_tensor),
+            *arrays,
+            prev,
+            sizes,
+            *per_tensor,
             bounds[k],
             bounds[k + 1],
             beta1,
@@ -179,7 +179,7 @@ def fused_cpu_update(
             decay,
             -1.0 if maximize else 1.0,
             *friction,
-            None if stats is None else stats[k].ctypes.data,
+            None if stats is None else stats[k],
         )
 
     if n_chunks == 1:
@@ -193,13 +193,14 @@ def fused_cpu_update(
             future.result()
     if stats is None:
         return None
+    rows = [list(row) for row in stats]
     return torch.tensor(
         [
-            stats[:, 0].sum(),
-            stats[:, 1].sum(),
-            stats[:, 2].max(),
-            stats[:, 3].sum(),
-            stats[:, 4].max(),
+            sum(r[0] for r in rows),
+            sum(r[1] for r in rows),
+            max(r[2] for r in rows),
+            sum(r[3] for r in rows),
+            max(r[4] for r in rows),
         ],
         dtype=torch.float64,
     )
