@@ -41,7 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    serve = commands.add_parser("serve", help="run the REST API (uvicorn)")
+    serve = commands.add_parser(
+        "serve",
+        help="run the REST API (uvicorn)",
+        description="Run the REST API. The database (ADAMOD_LAB_DATABASE_URL) is migrated at "
+        "start-up, after waiting for it to come up; see docs at http://HOST:PORT/docs.",
+    )
     serve.add_argument("--host", default=None, help="interface to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=None, help="port (default 8000)")
     serve.add_argument("--database-url", default=None, help="env ADAMOD_LAB_DATABASE_URL")
@@ -54,11 +59,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     up = commands.add_parser(
-        "up", help="embedded one-machine mode: the API plus N local workers on SQLite"
+        "up",
+        help="embedded one-machine mode: the API plus N local workers on SQLite",
+        description="Start the API and N local worker processes on one database (a SQLite file "
+        "by default). Ctrl-C or SIGTERM stops the workers (each hands back its trial), "
+        "then the API.",
     )
     up.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
-    up.add_argument("--host", default="127.0.0.1")
-    up.add_argument("--port", type=int, default=8000)
+    up.add_argument("--host", default="127.0.0.1", help="API interface (default 127.0.0.1)")
+    up.add_argument("--port", type=int, default=8000, help="API port (default 8000)")
     up.add_argument(
         "--database-url",
         default=None,
@@ -67,7 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--data-dir", default=".", help="where the SQLite file goes (default .)")
     up.add_argument("--device", default="auto", help="worker device: auto, cpu, cuda:N")
 
-    submit = commands.add_parser("submit", help="submit a study spec (YAML or JSON)")
+    submit = commands.add_parser(
+        "submit",
+        help="submit a study spec (YAML or JSON)",
+        description="POST a StudySpec and print the new study's id (stdout). With --wait, show "
+        "a progress bar (stderr) and exit 0 when the study completed, 1 otherwise.",
+    )
     submit.add_argument("spec", type=Path, help="StudySpec file, e.g. studies/presets/quick.yaml")
     submit.add_argument("--wait", action="store_true", help="show progress until it finishes")
     submit.add_argument("--idempotency-key", default=None, help="repeat-safe submission key")
@@ -79,7 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print the StudyOut JSON")
     _add_client_options(status)
 
-    report = commands.add_parser("report", help="download a study's report: JSON, PNGs, HTML")
+    report = commands.add_parser(
+        "report",
+        help="download a study's report: JSON, PNGs, HTML",
+        description="Write report.json, one PNG per figure and report.html into --out.",
+    )
     report.add_argument("study_id", type=int, metavar="ID")
     report.add_argument("--out", type=Path, required=True, help="directory to write into")
     _add_client_options(report)
