@@ -86,6 +86,11 @@ def test_digits_study_end_to_end(database_url: str, tmp_path) -> None:  # type: 
     )
     finished = [t for t in loaded.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(finished) == n
+    assert all(t.intermediate_values for t in finished)  # one value per evaluation
+    def grid_point(params: dict) -> tuple:
+        return (params["optimizer"], float(f"{params['lr']:.12g}"), params["seed"])
+
+    assert {grid_point(t.params) for t in finished} == {grid_point(t["params"]) for t in trials}
     ours = {t["number"]: t for t in trials}
     values = sorted(t.value for t in finished)
     expected = sorted(
