@@ -126,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
+    from pydantic import ValidationError
 
     from service.app import create_app
     from service.settings import Settings
@@ -139,7 +140,14 @@ def _serve(args: argparse.Namespace) -> int:
         )
         if value is not None
     }
-    settings = Settings(**overrides)
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        fields = "; ".join(
+            f"ADAMOD_LAB_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
+            for e in exc.errors()
+        )
+        raise SystemExit(f"adamod-lab serve: invalid setting: {fields}") from None
     uvicorn.run(
         create_app(settings), host=settings.host, port=settings.port, log_level=args.log_level
     )

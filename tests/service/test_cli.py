@@ -64,3 +64,9 @@ def test_bad_arguments_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str
         main(argv)
     assert exit_info.value.code == 2
     assert "error" in capsys.readouterr().err
+
+
+def test_serve_names_an_invalid_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ADAMOD_LAB_MAX_TRIALS", "zero")
+    with pytest.raises(SystemExit, match="ADAMOD_LAB_MAX_TRIALS"):
+        main(["serve"])
