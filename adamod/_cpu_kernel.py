@@ -30,6 +30,7 @@ _DTYPES = (torch.float32, torch.float64)
 _lock = threading.Lock()
 _library: ctypes.CDLL | None = None
 _pool: ThreadPoolExecutor | None = None
+_pool_pid = 0  # a forked child inherits the pool object but not its threads
 
 
 def _cache_dir() -> Path:
@@ -145,7 +146,7 @@ def fused_cpu_update(
     with_stats: bool,
 ) -> Tensor | None:
     """Update same-dtype tensors in one pass; return [active, Σ η, max η, Σ eff, max eff]."""
-    global _pool
+    global _pool, _pool_pid
     library = load_library()
     fn = (
         library.bounded_update_f64
@@ -185,8 +186,9 @@ def fused_cpu_update(
     if n_chunks == 1:
         run(0)
     else:
-        if _pool is None or _pool._max_workers < n_chunks - 1:
+        if _pool is None or _pool_pid != os.getpid() or _pool._max_workers < n_chunks - 1:
             _pool = ThreadPoolExecutor(max_workers=n_chunks - 1, thread_name_prefix="adamod")
+            _pool_pid = os.getpid()
         futures = [_pool.submit(run, k) for k in range(1, n_chunks)]
         run(0)
         for future in futures:
