@@ -9,7 +9,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from studies.db import create_study, get_study
+from studies.db import cancel_study, create_study, get_study
 from tests.db.util import migrated, noop_spec
 from tests.workers.procs import WorkerProcesses, trial_rows, wait_for
 from workers.__main__ import main as worker_main
@@ -93,3 +93,25 @@ def test_bad_arguments_exit_2_naming_the_flag(tmp_path, capsys) -> None:  # type
         assert exited.value.code == 2, args
         assert flag in capsys.readouterr().err
     assert not (tmp_path / "x.db").exists()  # nothing was created
+
+
+def test_cancel_stops_the_running_trial(sqlite_url: str, worker_processes: WorkerProcesses) -> None:
+    db = migrated(sqlite_url)
+    spec = noop_spec(
+        n_lr=1,
+        seeds=1,
+        optimizers=["adam"],
+        workload_config={"steps_per_epoch": 600, "sleep_s": 0.05, "eval_every": 2},
+    )
+    view = create_study(db, spec)  # one 30-second trial
+    process = worker_processes.start(sqlite_url, "--exit-when-idle", "--poll-interval", "0.2")
+    wait_for(
+        lambda: (rows := trial_rows(db, view.id))[0].state == "running" and rows[0].curve,
+        timeout=60,
+        what="the trial to start reporting",
+    )
+    cancel_study(db, view.id)
+    assert process.wait(timeout=20) == 0, worker_processes.log(process)  # long before 30 s
+    (row,) = trial_rows(db, view.id)
+    assert row.state == "cancelled" and 0 < len(row.curve) < 300  # stopped part-way, curve kept
+    assert get_study(db, view.id).status == "cancelled"
