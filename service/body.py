@@ -35,24 +35,10 @@ def parse_json(raw: bytes) -> Any:
         ) from None
 
 
-# Integer columns are 32-bit on PostgreSQL; a larger priority would fail inside the INSERT.
-MAX_PRIORITY = 2**31 - 1
-
-
 def validate_spec(data: Any, *, max_trials: int) -> StudySpec:
     """A StudySpec from decoded JSON; 422 with each error's path under ``body``."""
     try:
         spec = StudySpec.model_validate(data, context={"max_trials": max_trials})
     except ValidationError as exc:
         raise RequestValidationError(validation_details(exc.errors(), prefix=("body",))) from None
-    if not -MAX_PRIORITY <= spec.priority <= MAX_PRIORITY:
-        raise RequestValidationError(
-            [
-                {
-                    "loc": ("body", "priority"),
-                    "msg": f"priority must be between {-MAX_PRIORITY} and {MAX_PRIORITY}",
-                    "type": "less_than_equal",
-                }
-            ]
-        )
     return spec

@@ -36,6 +36,7 @@ __all__ = [
 OPTIMIZERS = ("adam", "adamw", "adamod", "diffmod", "sgd")
 BOUNDED_OPTIMIZERS = ("adamod", "diffmod")
 DEFAULT_MAX_TRIALS = 5000
+MAX_PRIORITY = 2**31 - 1
 
 OptimizerName = Literal["adam", "adamw", "adamod", "diffmod", "sgd"]
 PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
@@ -183,7 +184,10 @@ class StudySpec(BaseModel):
     betas: tuple[Beta, Beta] = (0.9, 0.999)
     eps: PositiveFloat = 1e-8
     weight_decay: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0
-    priority: Annotated[int, Field(strict=True)] = 0
+    # A 32-bit column on PostgreSQL: the bound makes a huge value a 422, not a failed INSERT.
+    priority: Annotated[int, Field(strict=True, ge=-MAX_PRIORITY, le=MAX_PRIORITY)] = Field(
+        default=0, description="higher runs first; FIFO within a priority"
+    )
 
     @field_validator("name")
     @classmethod

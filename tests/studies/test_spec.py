@@ -107,6 +107,7 @@ def test_normalized_spec_round_trips() -> None:
         ({"eps": 0}, ("eps",)),
         ({"weight_decay": -0.1}, ("weight_decay",)),
         ({"priority": "high"}, ("priority",)),
+        ({"priority": 2**31}, ("priority",)),
         ({"colour": "blue"}, ("colour",)),
     ],
 )
