@@ -21,7 +21,7 @@ from studies.db.queue import (
     WorkerInfo,
     buffer_evaluation,
     claim_next_trial,
-    complete_trial,
+    complete_and_claim_next,
     fail_attempt,
     queue_counts,
     record_evaluation,
@@ -87,6 +87,7 @@ class Worker:
         self.trials_run = 0
         self._current: ClaimedTrial | None = None
         self._watchdog: threading.Thread | None = None
+        self._heartbeat: Heartbeat | None = None
         self._sweep_interval = max(0.5, min(options.lease_seconds / 2, 30.0))
         self._last_sweep = -math.inf
         self._last_optuna_sync = time.monotonic()
@@ -169,28 +170,12 @@ class Worker:
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         log.info("worker %s pid %d on %s", self.info.host, self.info.pid, self.device)
+        heartbeat = Heartbeat(self.db, interval_s=self.options.lease_seconds / 3)
         try:
             self._retry(self.db.migrate, "migrate")
-            while not self.shutdown.is_set():
-                if time.monotonic() - self._last_sweep >= self._sweep_interval:
-                    self._last_sweep = time.monotonic()
-                    self._sweep()
-                claim = self._retry(
-                    lambda: claim_next_trial(
-                        self.db, self.info, lease_seconds=self.options.lease_seconds
-                    ),
-                    "claim",
-                )
-                if claim is None:
-                    if self.options.exit_when_idle and self._drained():
-                        log.info("queue drained: exiting")
-                        break
-                    self.shutdown.wait(self.options.poll_interval)
-                    continue
-                self._run_claim(claim)
-                self.trials_run += 1
-                if self.options.max_trials and self.trials_run >= self.options.max_trials:
-                    break
+            with heartbeat:
+                self._heartbeat = heartbeat
+                self._loop()
         except RetryGaveUp as exc:
             log.error("giving up: %s", exc)
             return 3
@@ -199,7 +184,36 @@ class Worker:
         log.info("worker exiting after %d trial(s)", self.trials_run)
         return 0
 
-    def _run_claim(self, claim: ClaimedTrial) -> None:
+    def _loop(self) -> None:
+        claim: ClaimedTrial | None = None
+        while not self.shutdown.is_set():
+            if time.monotonic() - self._last_sweep >= self._sweep_interval:
+                self._last_sweep = time.monotonic()
+                self._sweep()
+            if claim is None:
+                claim = self._retry(
+                    lambda: claim_next_trial(
+                        self.db, self.info, lease_seconds=self.options.lease_seconds
+                    ),
+                    "claim",
+                )
+            if claim is None:
+                if self.options.exit_when_idle and self._drained():
+                    log.info("queue drained: exiting")
+                    break
+                self.shutdown.wait(self.options.poll_interval)
+                continue
+            self.trials_run += 1
+            last = bool(self.options.max_trials and self.trials_run >= self.options.max_trials)
+            # The next trial is claimed in the transaction that completes this one.
+            claim = self._run_claim(claim, claim_next=not last)
+            if last:
+                break
+        if claim is not None:  # claimed, then asked to stop: hand it back untouched
+            self._retry(lambda: release_lease(self.db, claim), "hand back")
+
+    def _run_claim(self, claim: ClaimedTrial, *, claim_next: bool) -> ClaimedTrial | None:
+        """Trains one claimed trial and records its outcome; returns the next claim, if any."""
         from studies.trial import run_trial
 
         log.info(
@@ -209,44 +223,57 @@ class Worker:
         if self.shutdown.is_set() and self._watchdog is None:
             self.request_stop("stop during claim")
         try:
-            with Heartbeat(self.db, claim, interval_s=self.options.lease_seconds / 3) as heartbeat:
-                last_write = [time.monotonic()]
+            heartbeat = self._heartbeat
+            assert heartbeat is not None
+            heartbeat.track(claim)
+            last_write = [time.monotonic()]
 
-                def report(point) -> bool:  # type: ignore[no-untyped-def]
-                    if self.shutdown.is_set() or heartbeat.lost.is_set():
-                        return True
-                    now = time.monotonic()
-                    if now - last_write[0] < self.options.report_interval:
-                        # Fast evaluations: one write per interval, not one per evaluation.
-                        buffer_evaluation(claim, point)
-                        return False
-                    last_write[0] = now
-                    keep = self._retry(
-                        lambda: record_evaluation(self.db, claim, point), "record evaluation"
-                    )
-                    return not keep
+            def report(point) -> bool:  # type: ignore[no-untyped-def]
+                if self.shutdown.is_set() or heartbeat.lost.is_set():
+                    return True
+                now = time.monotonic()
+                if now - last_write[0] < self.options.report_interval:
+                    # Fast evaluations: one write per interval, not one per evaluation.
+                    buffer_evaluation(claim, point)
+                    return False
+                last_write[0] = now
+                keep = self._retry(
+                    lambda: record_evaluation(self.db, claim, point), "record evaluation"
+                )
+                return not keep
 
-                try:
-                    result = run_trial(claim.config, self.device, report=report)
-                except RetryGaveUp:
-                    raise
-                except Exception as exc:
-                    self._fail(claim, exc)
-                    return
+            try:
+                result = run_trial(claim.config, self.device, report=report)
+            except RetryGaveUp:
+                raise
+            except Exception as exc:
+                heartbeat.track(None)
+                self._fail(claim, exc)
+                return None
+            heartbeat.track(None)
             if result.state == "cancelled":
                 handed = self._retry(
                     lambda: release_lease(self.db, claim, keep_curve=True), "hand back"
                 )
                 log.info("trial %d stopped early (handed back: %s)", claim.trial_id, handed)
-                return
-            stored = self._retry(lambda: complete_trial(self.db, claim, result), "complete")
+                return None
+            next_for = self.info if claim_next and not self.shutdown.is_set() else None
+            stored, following = self._retry(
+                lambda: complete_and_claim_next(
+                    self.db, claim, result, next_for, lease_seconds=self.options.lease_seconds
+                ),
+                "complete",
+            )
             if stored:
                 log.info("trial %d %s in %.2f s", claim.trial_id, result.state, result.duration_s)
             else:
                 log.warning(
                     "trial %d: lease lost before completion; result dropped", claim.trial_id
                 )
+            return following
         finally:
+            if self._heartbeat is not None:
+                self._heartbeat.track(None)
             self._current = None
 
     def _fail(self, claim: ClaimedTrial, exc: BaseException) -> None:

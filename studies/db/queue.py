@@ -41,6 +41,7 @@ __all__ = [
     "WorkerInfo",
     "buffer_evaluation",
     "claim_next_trial",
+    "complete_and_claim_next",
     "complete_trial",
     "eval_point_json",
     "fail_attempt",
@@ -133,9 +134,16 @@ def claim_next_trial(
     lease_seconds: float = DEFAULT_LEASE_SECONDS,
 ) -> ClaimedTrial | None:
     """Atomically takes the next queued trial (priority, then FIFO) and a lease on it."""
+    lease_seconds = _check_lease_seconds(lease_seconds)
+    with db.session() as session:
+        return _claim_in_session(session, db, worker, lease_seconds)
+
+
+def _claim_in_session(
+    session: Any, db: Database, worker: WorkerInfo, lease_seconds: float
+) -> ClaimedTrial | None:
     from studies.spec import TrialConfig
 
-    lease_seconds = _check_lease_seconds(lease_seconds)
     token = secrets.token_hex(16)
     now = _now(db)
     next_id = (
@@ -172,8 +180,7 @@ def claim_next_trial(
             TrialRow.claimed_at,
         )
     )
-    with db.session() as session:
-        row = session.execute(statement, execution_options=_NO_SYNC).one_or_none()
+    row = session.execute(statement, execution_options=_NO_SYNC).one_or_none()
     if row is None:
         return None
     return ClaimedTrial(
@@ -266,8 +273,27 @@ def complete_trial(
     A result with state "cancelled" hands the trial back instead (see release_lease). Safe to
     retry: a repeat after a lost reply finds the trial finished under its own lease.
     """
+    stored, _ = complete_and_claim_next(db, claim, result, None, optuna=optuna)
+    return stored
+
+
+def complete_and_claim_next(
+    db: Database,
+    claim: ClaimedTrial,
+    result: TrialResult,
+    worker: WorkerInfo | None,
+    *,
+    lease_seconds: float = DEFAULT_LEASE_SECONDS,
+    optuna: bool = True,
+) -> tuple[bool, ClaimedTrial | None]:
+    """complete_trial, and in the same transaction the claim of `worker`'s next trial (None: no
+    claim): one transaction per trial. Returns (stored, next claim or None).
+
+    A retry after a lost reply reports the completion but not a claim that reply carried; that
+    trial is requeued when its lease expires.
+    """
     if result.state == "cancelled":
-        return release_lease(db, claim, keep_curve=True)
+        return release_lease(db, claim, keep_curve=True), None
     finished = _finished(claim, result.state, result)
     data = result.to_dict()
     data.pop("curve", None)
@@ -305,13 +331,17 @@ def complete_trial(
                 )
             ).one_or_none()
             if done is None:
-                return False  # lease lost
+                return False, None  # lease lost
             claim.optuna_trial_id = done.optuna_trial_id  # a retry after a lost reply
-            return True
+            return True, None
         claim.optuna_trial_id = values.get("optuna_trial_id")
+        following = None
+        if worker is not None:
+            # One transaction per trial instead of two: the next claim rides on this commit.
+            following = _claim_in_session(session, db, worker, lease_seconds)
     if optuna and not direct:
         _mirror_through_storage(db, claim, finished)
-    return True
+    return True, following
 
 
 def _mirror_through_storage(db: Database, claim: ClaimedTrial, finished: FinishedTrial) -> None:

@@ -16,6 +16,7 @@ from studies.db.queue import (
     ClaimedTrial,
     WorkerInfo,
     claim_next_trial,
+    complete_and_claim_next,
     complete_trial,
     fail_attempt,
     queue_counts,
@@ -184,3 +185,17 @@ def test_bad_arguments_name_the_argument(database_url: str) -> None:
         with pytest.raises(ValueError, match="lease_seconds"):
             claim_next_trial(db, WORKER, lease_seconds=bad)  # type: ignore[arg-type]
     assert queue_counts(db) == {"queued": 2, "running": 0}
+
+
+def test_complete_and_claim_next_in_one_transaction(database_url: str) -> None:
+    db = migrated(database_url)
+    make_study(db, n_lr=1, seeds=1)  # 2 trials
+    first = claim_next_trial(db, WORKER, lease_seconds=30)
+    stored, second = complete_and_claim_next(db, first, _run(db, first), WORKER, lease_seconds=30)
+    assert stored and second is not None and second.trial_id != first.trial_id
+    assert _trial(db, first.trial_id).state == "completed"
+    assert _trial(db, second.trial_id).state == "running"
+    stored, third = complete_and_claim_next(db, second, _run(db, second), WORKER)
+    assert stored and third is None  # queue empty
+    lost = ClaimedTrial(**{**first.__dict__, "lease_token": "f" * 32})
+    assert complete_and_claim_next(db, lost, _run(db, first), WORKER) == (False, None)
