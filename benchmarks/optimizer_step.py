@@ -20,18 +20,18 @@ _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(_HERE.parent))
 
-import argparse  # noqa: E402
-import os  # noqa: E402
-import platform  # noqa: E402
-import random  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Callable  # noqa: E402
+import argparse
+import os
+import platform
+import random
+import statistics
+import time
+from collections.abc import Callable
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from adamod import AdaMod, DiffMod  # noqa: E402
+from adamod import AdaMod, DiffMod
 
 Factory = Callable[[list[torch.Tensor]], torch.optim.Optimizer]
 

@@ -29,12 +29,12 @@ _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(_HERE.parent))
 
-from sqlalchemy import update  # noqa: E402
+from sqlalchemy import update
 
-from service.processes import running_server  # noqa: E402
-from studies.db import Database, create_study  # noqa: E402
-from studies.db.models import TrialRow  # noqa: E402
-from studies.spec import StudySpec  # noqa: E402
+from service.processes import running_server
+from studies.db import Database, create_study
+from studies.db.models import TrialRow
+from studies.spec import StudySpec
 
 SPEC = {
     "name": "benchmark 5000",

@@ -9,6 +9,15 @@ registry, config validation, warmup bookkeeping, curve and result. Prints both a
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+# Run as a script, this folder is sys.path[0]: its queue.py would shadow the standard library's
+# queue (imported by torch), so drop it and put the checkout first instead.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+sys.path.insert(0, str(_HERE.parent))
+
 import argparse
 import statistics
 import time

@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import HTTPException, status
-from studies.plots import PLOT_NAMES
 
 from service.errors import json_safe
 from service.schemas import Progress, StudyLinks, StudyOut
+from studies.plots import PLOT_NAMES
 
 
 def study_links(study_id: int, optuna_study_name: str | None = None) -> StudyLinks:

@@ -5,12 +5,12 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, Response
-from studies.plots import PLOT_NAMES
 
 from service.deps import DbDep, ReaderDep, ReportCacheDep, StudyId
 from service.reportcache import CachedReport, ReportCache
 from service.views import not_found
 from studies.db import Database, get_study
+from studies.plots import PLOT_NAMES
 from studies.report import Report
 
 router = APIRouter(prefix="/studies", tags=["reports"])
