@@ -1,28 +1,16 @@
 """Shared fixtures: real SQLite files and real, throw-away PostgreSQL databases.
 
-Each PostgreSQL test gets a database of its own, created on the server at 127.0.0.1:5432 (user
-postgres, trust auth) and dropped afterwards, so tests never see each other's rows. Where the server
-is unreachable the PostgreSQL tests skip locally, but fail under CI (CI=true), which starts it.
+Each PostgreSQL test gets a database of its own (see tests/databases.py), dropped afterwards, so
+tests never see each other's rows.
 """
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Iterator
 
 import pytest
 
-POSTGRES_ADMIN_URL = os.environ.get(
-    "ADAMOD_LAB_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
-
-
-def _admin_connection():  # type: ignore[no-untyped-def]
-    import psycopg
-
-    dsn = POSTGRES_ADMIN_URL.replace("postgresql+psycopg://", "postgresql://")
-    return psycopg.connect(dsn, autocommit=True, connect_timeout=5)
+from tests.databases import throwaway_postgres_database
 
 
 @pytest.fixture
@@ -34,21 +22,8 @@ def sqlite_url(tmp_path) -> str:  # type: ignore[no-untyped-def]
 @pytest.fixture
 def postgres_url() -> Iterator[str]:
     """A fresh PostgreSQL database, dropped when the test ends."""
-    try:
-        admin = _admin_connection()
-    except Exception as exc:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(f"PostgreSQL not reachable at {POSTGRES_ADMIN_URL}: {exc}")
-    name = f"adamod_lab_test_{uuid.uuid4().hex[:12]}"
-    with admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0]
-    try:
-        yield f"{base}/{name}"
-    finally:
-        with _admin_connection() as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with throwaway_postgres_database() as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

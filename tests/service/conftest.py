@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -12,12 +10,10 @@ import pytest
 from sqlalchemy import create_engine, inspect, text
 
 from service.processes import running_server
+from tests.databases import throwaway_postgres_database
 
 TOKEN = "test-token-0123456789"
 OTHER_TOKEN = "second-token"
-ADMIN_URL = os.environ.get(
-    "ADAMOD_LAB_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
 
 
 @dataclass
@@ -42,30 +38,11 @@ def row_counts(database_url: str) -> dict[str, int]:
         engine.dispose()
 
 
-def _admin():  # type: ignore[no-untyped-def]
-    import psycopg
-
-    dsn = ADMIN_URL.replace("postgresql+psycopg://", "postgresql://")
-    return psycopg.connect(dsn, autocommit=True, connect_timeout=5)
-
-
 @pytest.fixture(scope="module")
 def module_postgres_url() -> Iterator[str]:
     """A PostgreSQL database shared by one test module, dropped afterwards."""
-    try:
-        admin = _admin()
-    except Exception as exc:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(f"PostgreSQL not reachable at {ADMIN_URL}: {exc}")
-    name = f"adamod_lab_svc_{uuid.uuid4().hex[:12]}"
-    with admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"{ADMIN_URL.rsplit('/', 1)[0]}/{name}"
-    finally:
-        with _admin() as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with throwaway_postgres_database("adamod_lab_svc") as url:
+        yield url
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])

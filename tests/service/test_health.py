@@ -12,8 +12,8 @@ import httpx
 import pytest
 
 from service.processes import free_port, server_command, spawn, stop, wait_healthy
-
-from .conftest import ADMIN_URL, _admin
+from tests.databases import POSTGRES_ADMIN_URL as ADMIN_URL
+from tests.databases import admin_connection as _admin
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
