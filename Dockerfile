@@ -22,7 +22,11 @@ COPY workers ./workers
 RUN python -m pip install -c /tmp/base-constraints.txt ".[dashboard]" \
     && python -c "import torch, adamod, studies, service, workers; print('torch', torch.__version__)"
 
-RUN useradd --create-home --uid 1000 adamod && mkdir -p /data && chown adamod /data
+# /var/lib/adamod-lab/gpu-locks: the GPU slot locks of `--device auto` (a shared volume in compose;
+# a new named volume takes this folder's owner, so the non-root user can lock files in it).
+RUN useradd --create-home --uid 1000 adamod \
+    && mkdir -p /data /var/lib/adamod-lab/gpu-locks \
+    && chown adamod /data /var/lib/adamod-lab/gpu-locks
 USER adamod
 ENV ADAMOD_LAB_DATABASE_URL=sqlite:////data/adamod_lab.db
 
