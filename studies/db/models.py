@@ -28,6 +28,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 __all__ = [
     "FINISHED_STATES",
+    "OPTUNA_PENDING_SQL",
     "TERMINAL_STATES",
     "TRIAL_STATES",
     "Base",
@@ -41,6 +42,10 @@ TRIAL_STATES = ("queued", "running", "completed", "diverged", "failed", "cancell
 TERMINAL_STATES = ("completed", "diverged", "failed", "cancelled")
 # The states recorded in the Optuna study.
 FINISHED_STATES = ("completed", "diverged", "failed")
+# Terminal trials whose Optuna trial does not show their final state yet (sync_optuna's work).
+OPTUNA_PENDING_SQL = (
+    "NOT optuna_final AND state IN ('completed', 'diverged', 'failed', 'cancelled')"
+)
 
 JsonType = JSON().with_variant(JSONB(), "postgresql")
 
@@ -129,7 +134,10 @@ class TrialRow(Base):
     steps: Mapped[int | None] = mapped_column(Integer)
     duration_s: Mapped[float | None] = mapped_column(Float)
     error: Mapped[str | None] = mapped_column(Text)
+    # The trial's Optuna trial, created RUNNING at its first claim and reused by every re-run.
     optuna_trial_id: Mapped[int | None] = mapped_column(Integer)
+    # True once the Optuna trial shows this trial's final state (COMPLETE, FAIL or PRUNED).
+    optuna_final: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     claimed_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
@@ -155,16 +163,12 @@ class TrialRow(Base):
             postgresql_where=text("state = 'running'"),
             sqlite_where=text("state = 'running'"),
         ),
-        # Finished trials not yet written to Optuna (normally none for long).
+        # Terminal trials whose Optuna trial does not show it yet (normally none for long).
         Index(
             "ix_adamod_lab_trials_optuna_pending",
             "finished_at",
-            postgresql_where=text(
-                "optuna_trial_id IS NULL AND state IN ('completed', 'diverged', 'failed')"
-            ),
-            sqlite_where=text(
-                "optuna_trial_id IS NULL AND state IN ('completed', 'diverged', 'failed')"
-            ),
+            postgresql_where=text(OPTUNA_PENDING_SQL),
+            sqlite_where=text(OPTUNA_PENDING_SQL),
         ),
         # Progress counts per study.
         Index("ix_adamod_lab_trials_study_state", "study_id", "state"),

@@ -1,18 +1,22 @@
-"""The Optuna mirror of each study: same database, one Optuna trial per finished trial of ours.
+"""The Optuna mirror of each study: same database, one Optuna trial per trial of ours that ran.
 
 Our tables are the source of truth and the queue; Optuna's study (named `adamod-lab-{id}`) is a
 read model for `optuna-dashboard` and `optuna.load_study`. Its value is the capped loss
 min(loss, loss0) (loss0 when diverged), the quantity the robustness analysis ranks; failed trials
 are Optuna FAIL trials; the curve is the trial's intermediate values.
 
-A finished trial is written once, when it finishes, in the SAME transaction that stores our
-result: a few multi-row INSERTs into Optuna's tables through Optuna's own table definitions (the
-rows RDBStorage.create_new_trial would write). The Optuna trial number is our grid number, so
-Optuna trial k is grid point k and no study-wide lock is needed. So a trial is in Optuna exactly
-when it is finished in ours, and the write costs a few milliseconds instead of the ~30 statements
-of create_new_trial. When the database's Optuna schema is not the installed Optuna's head
-revision, we fall back to create_new_trial (separate transaction), and `sync_optuna` repairs
-anything a crash left unmirrored.
+The Optuna trial follows ours live, each change written in the SAME transaction as ours with a few
+direct statements on Optuna's tables through Optuna's own table definitions (the rows RDBStorage
+would write): created RUNNING (params, distributions, datetime_start) by the claim, intermediate
+values added by each written evaluation, COMPLETE or FAIL (value, user attributes) at completion,
+WAITING when handed back or requeued, RUNNING again (its old intermediate values cleared) when
+re-run, PRUNED when its study is cancelled. Our row keeps the Optuna trial id, so every attempt
+of a grid point uses the same Optuna trial, and `optuna_final` once Optuna shows the final state.
+The Optuna trial number is our grid number, so Optuna trial k is grid point k and no study-wide
+lock is needed. Each write costs a statement or two instead of RDBStorage's many. When the
+database's Optuna schema is not the installed Optuna's head revision, we fall back to
+create_new_trial at completion (separate transaction; no live view), and `sync_optuna` repairs
+anything a crash left behind.
 """
 
 from __future__ import annotations
@@ -39,13 +43,19 @@ __all__ = [
     "create_optuna_study",
     "direct_writes",
     "distributions_for_spec",
+    "finish_trial",
     "get_storage",
+    "handle_in_session",
     "init_optuna_schema",
     "insert_finished_trial",
+    "insert_running_trial",
     "optuna_study_name",
     "record_trial",
+    "restart_trial",
+    "set_trials_waiting",
     "study_handle",
     "sync_optuna",
+    "write_intermediate",
 ]
 
 OPTUNA_TRIAL_ID_ATTR = "adamod_lab_trial_id"
@@ -229,60 +239,147 @@ def study_handle(db: Database, study_id: int) -> StudyHandle:
     return create_optuna_study(db.url, study_id, spec)
 
 
+def handle_in_session(session: Session, url: str, study_id: int) -> StudyHandle | None:
+    """The study's handle read through the caller's (write) transaction; None when its Optuna
+    study does not exist yet (the caller then leaves the Optuna trial to completion)."""
+    with _lock:
+        cached = _handles.get((url, study_id))
+    if cached is not None:
+        return cached
+    from optuna.storages._rdb import models
+    from sqlalchemy import select
+
+    from studies.db.models import StudyRow
+
+    # Inside a SQLite write transaction another connection cannot write, so no creation here.
+    optuna_id = session.execute(
+        select(models.StudyModel.study_id).where(
+            models.StudyModel.study_name == optuna_study_name(study_id)
+        )
+    ).scalar_one_or_none()
+    if optuna_id is None:
+        return None
+    spec = session.execute(select(StudyRow.spec).where(StudyRow.id == study_id)).scalar_one()
+    handle = StudyHandle(int(optuna_id), distributions_for_spec(spec))
+    with _lock:
+        _handles[(url, study_id)] = handle
+    return handle
+
+
 def _utc_naive(moment: datetime | None) -> datetime:
     # Optuna's RDBStorage stores naive UTC.
     return (moment or datetime.now(UTC)).astimezone(UTC).replace(tzinfo=None)
 
 
-def insert_finished_trial(session: Session, handle: StudyHandle, trial: FinishedTrial) -> int:
-    """Writes one finished trial into Optuna's tables inside the caller's transaction.
+def _optuna_state(trial: FinishedTrial) -> Any:
+    from optuna.trial import TrialState
 
-    The rows are those RDBStorage.create_new_trial(template_trial=...) writes, except that the
-    trial number is our grid number. Returns the Optuna trial id.
-    """
+    if trial.state == "cancelled":
+        return TrialState.PRUNED  # stopped early on request: neither a result nor an error
+    return TrialState.COMPLETE if trial.value() is not None else TrialState.FAIL
+
+
+def _insert_trial_row(
+    session: Session,
+    handle: StudyHandle,
+    number: int,
+    params: dict[str, Any],
+    state: Any,
+    started_at: datetime | None,
+    finished_at: datetime | None,
+) -> int:
     from optuna.distributions import distribution_to_json
     from optuna.storages._rdb import models
-    from optuna.trial import TrialState
     from sqlalchemy import insert
 
     trials = models.TrialModel.__table__
-    value = trial.value()
-    state = TrialState.COMPLETE if value is not None else TrialState.FAIL
     # The Optuna trial number is our grid number: unique within the study by our own constraint,
     # so no study-wide lock and count is needed (Optuna's create_new_trial takes both, which
-    # serializes every completion of a study).
+    # serializes every new trial of a study).
     optuna_trial_id = session.execute(
         insert(trials)
         .values(
-            number=trial.number,
+            number=number,
             study_id=handle.optuna_study_id,
             state=state,
-            datetime_start=_utc_naive(trial.started_at),
-            datetime_complete=_utc_naive(trial.finished_at),
+            datetime_start=_utc_naive(started_at),
+            datetime_complete=None if finished_at is None else _utc_naive(finished_at),
         )
         .returning(trials.c.trial_id)
     ).scalar_one()
-    params = [
-        {
-            "trial_id": optuna_trial_id,
-            "param_name": name,
-            "param_value": distribution.to_internal_repr(trial.params.get(name)),
-            "distribution_json": distribution_to_json(distribution),
-        }
-        for name, distribution in handle.distributions.items()
-    ]
-    session.execute(insert(models.TrialParamModel.__table__), params)
-    if value is not None:
-        stored, kind = models.TrialValueModel.value_to_stored_repr(value)
-        session.execute(
-            insert(models.TrialValueModel.__table__).values(
-                trial_id=optuna_trial_id, objective=0, value=stored, value_type=kind
-            )
-        )
-    intermediate = []
-    for step, point in sorted(trial.intermediate.items()):
+    session.execute(
+        insert(models.TrialParamModel.__table__),
+        [
+            {
+                "trial_id": optuna_trial_id,
+                "param_name": name,
+                "param_value": distribution.to_internal_repr(params.get(name)),
+                "distribution_json": distribution_to_json(distribution),
+            }
+            for name, distribution in handle.distributions.items()
+        ],
+    )
+    return int(optuna_trial_id)
+
+
+def insert_running_trial(
+    session: Session, handle: StudyHandle, number: int, params: dict[str, Any]
+) -> int:
+    """Creates a RUNNING Optuna trial (params, distributions, datetime_start now) inside the
+    caller's transaction; returns its id. The claim calls it."""
+    from optuna.trial import TrialState
+
+    return _insert_trial_row(session, handle, number, params, TrialState.RUNNING, None, None)
+
+
+def restart_trial(session: Session, optuna_trial_id: int) -> None:
+    """Makes an existing Optuna trial RUNNING again for a re-run: new datetime_start, and the
+    previous attempt's intermediate values cleared (the re-run reports its own)."""
+    from optuna.storages._rdb import models
+    from optuna.trial import TrialState
+    from sqlalchemy import delete, update
+
+    session.execute(
+        update(models.TrialModel.__table__)
+        .where(models.TrialModel.__table__.c.trial_id == optuna_trial_id)
+        .values(state=TrialState.RUNNING, datetime_start=_utc_naive(None), datetime_complete=None)
+    )
+    values = models.TrialIntermediateValueModel.__table__
+    session.execute(delete(values).where(values.c.trial_id == optuna_trial_id))
+
+
+def set_trials_waiting(session: Session, optuna_trial_ids: list[int]) -> None:
+    """Marks Optuna trials WAITING: their trials were handed back or requeued, not finished."""
+    if not optuna_trial_ids:
+        return
+    from optuna.storages._rdb import models
+    from optuna.trial import TrialState
+    from sqlalchemy import update
+
+    trials = models.TrialModel.__table__
+    session.execute(
+        update(trials)
+        .where(trials.c.trial_id.in_(optuna_trial_ids), trials.c.state == TrialState.RUNNING)
+        .values(state=TrialState.WAITING)
+    )
+
+
+def write_intermediate(session: Session, optuna_trial_id: int, points: dict[int, float]) -> None:
+    """Writes (or overwrites) intermediate values of an Optuna trial in the caller's transaction.
+
+    An upsert, so that a retry after a lost reply, which cannot know whether its first try
+    committed, writes the same rows again instead of failing on Optuna's (trial_id, step) key.
+    """
+    if not points:
+        return
+    from optuna.storages._rdb import models
+    from sqlalchemy import delete, insert
+
+    table = models.TrialIntermediateValueModel.__table__
+    rows = []
+    for step, point in sorted(points.items()):
         stored, kind = models.TrialIntermediateValueModel.intermediate_value_to_stored_repr(point)
-        intermediate.append(
+        rows.append(
             {
                 "trial_id": optuna_trial_id,
                 "step": int(step),
@@ -290,8 +387,51 @@ def insert_finished_trial(session: Session, handle: StudyHandle, trial: Finished
                 "intermediate_value_type": kind,
             }
         )
-    if intermediate:
-        session.execute(insert(models.TrialIntermediateValueModel.__table__), intermediate)
+    dialect = session.get_bind().dialect.name
+    for start in range(0, len(rows), 200):  # SQLite's limit on bound parameters
+        chunk = rows[start : start + 200]
+        if dialect in ("postgresql", "sqlite"):
+            if dialect == "postgresql":
+                from sqlalchemy.dialects.postgresql import insert as upsert
+            else:
+                from sqlalchemy.dialects.sqlite import insert as upsert
+            statement = upsert(table).values(chunk)
+            session.execute(
+                statement.on_conflict_do_update(
+                    index_elements=[table.c.trial_id, table.c.step],
+                    set_={
+                        "intermediate_value": statement.excluded.intermediate_value,
+                        "intermediate_value_type": statement.excluded.intermediate_value_type,
+                    },
+                )
+            )
+        else:
+            steps = [row["step"] for row in chunk]
+            session.execute(
+                delete(table).where(table.c.trial_id == optuna_trial_id, table.c.step.in_(steps))
+            )
+            session.execute(insert(table), chunk)
+
+
+def _write_result(
+    session: Session, optuna_trial_id: int, trial: FinishedTrial, written_steps: set[int]
+) -> None:
+    from optuna.storages._rdb import models
+    from sqlalchemy import insert
+
+    value = trial.value() if trial.state != "cancelled" else None
+    if value is not None:
+        stored, kind = models.TrialValueModel.value_to_stored_repr(value)
+        session.execute(
+            insert(models.TrialValueModel.__table__).values(
+                trial_id=optuna_trial_id, objective=0, value=stored, value_type=kind
+            )
+        )
+    write_intermediate(
+        session,
+        optuna_trial_id,
+        {step: v for step, v in trial.intermediate.items() if step not in written_steps},
+    )
     session.execute(
         insert(models.TrialUserAttributeModel.__table__),
         [
@@ -299,7 +439,54 @@ def insert_finished_trial(session: Session, handle: StudyHandle, trial: Finished
             for key, attr in trial.user_attrs().items()
         ],
     )
-    return int(optuna_trial_id)
+
+
+def insert_finished_trial(session: Session, handle: StudyHandle, trial: FinishedTrial) -> int:
+    """Writes one finished trial into Optuna's tables inside the caller's transaction.
+
+    The rows are those RDBStorage.create_new_trial(template_trial=...) writes, except that the
+    trial number is our grid number. Returns the Optuna trial id. For trials that had no Optuna
+    trial while running (claimed without one, or repaired by sync_optuna).
+    """
+    optuna_trial_id = _insert_trial_row(
+        session,
+        handle,
+        trial.number,
+        trial.params,
+        _optuna_state(trial),
+        trial.started_at,
+        trial.finished_at,
+    )
+    _write_result(session, optuna_trial_id, trial, set())
+    return optuna_trial_id
+
+
+def finish_trial(
+    session: Session,
+    handle: StudyHandle,
+    optuna_trial_id: int | None,
+    trial: FinishedTrial,
+    *,
+    written_steps: set[int] | None = None,
+) -> int:
+    """Gives the trial's Optuna trial its final state (COMPLETE, FAIL, or PRUNED when
+    cancelled), value, the intermediate values not in `written_steps`, and user attributes,
+    inside the caller's transaction; inserts the whole trial when it has none. Returns its id."""
+    from optuna.storages._rdb import models
+    from sqlalchemy import update
+
+    if optuna_trial_id is None:
+        return insert_finished_trial(session, handle, trial)
+    trials = models.TrialModel.__table__
+    updated = session.execute(
+        update(trials)
+        .where(trials.c.trial_id == optuna_trial_id)
+        .values(state=_optuna_state(trial), datetime_complete=_utc_naive(trial.finished_at))
+    ).rowcount
+    if updated != 1:  # its row is gone (deleted by hand): write the whole trial again
+        return insert_finished_trial(session, handle, trial)
+    _write_result(session, optuna_trial_id, trial, written_steps or set())
+    return optuna_trial_id
 
 
 def record_trial(db: Database, study_id: int, trial: FinishedTrial) -> int:
@@ -307,7 +494,7 @@ def record_trial(db: Database, study_id: int, trial: FinishedTrial) -> int:
 
     The fallback for databases whose Optuna schema we do not write directly.
     """
-    from optuna.trial import FrozenTrial, TrialState
+    from optuna.trial import FrozenTrial
 
     handle = study_handle(db, study_id)
     value = trial.value()
@@ -317,7 +504,7 @@ def record_trial(db: Database, study_id: int, trial: FinishedTrial) -> int:
     }
     frozen = FrozenTrial(
         number=0,  # the storage assigns the number
-        state=TrialState.COMPLETE if value is not None else TrialState.FAIL,
+        state=_optuna_state(trial),
         value=value,
         values=None,
         datetime_start=local["start"].replace(tzinfo=UTC).astimezone().replace(tzinfo=None),
@@ -365,26 +552,40 @@ def sync_optuna(
     trial_ids: list[int] | None = None,
     limit: int = 1000,
 ) -> int:
-    """Mirrors finished trials that are not in Optuna yet; returns how many it wrote.
+    """Gives Optuna the final state of terminal trials whose Optuna trial lacks it; returns how
+    many Optuna trials it wrote.
 
     Normally there are none: completions write Optuna in the same transaction. They appear when a
-    lease expires on a trial's last attempt (it fails with no worker to record it), or after a
-    crash in the fallback path. Each is written in one transaction with its row locked, so two
-    workers syncing at once never write it twice.
+    lease expires on a trial's last attempt (it fails with no worker to record it), when a study
+    is cancelled (its handed-back trials, WAITING in Optuna, become PRUNED), or after a crash in
+    the fallback path. Each is written in one transaction with its row locked, so two workers
+    syncing at once never write it twice.
     """
     from datetime import timedelta
 
-    from sqlalchemy import select, update
+    from sqlalchemy import and_, select, text, update
 
-    from studies.db.models import FINISHED_STATES, TrialRow, utcnow
+    from studies.db.models import OPTUNA_PENDING_SQL, TrialRow, utcnow
 
-    query = select(TrialRow.id, TrialRow.study_id).where(
-        TrialRow.optuna_trial_id.is_(None), TrialRow.state.in_(FINISHED_STATES)
+    pending_clause = text(OPTUNA_PENDING_SQL)
+    recent = (
+        TrialRow.id.in_(trial_ids)
+        if trial_ids is not None
+        else TrialRow.finished_at <= utcnow() - timedelta(seconds=older_than_s)
     )
-    if trial_ids is not None:
-        query = query.where(TrialRow.id.in_(trial_ids))
-    else:
-        query = query.where(TrialRow.finished_at <= utcnow() - timedelta(seconds=older_than_s))
+    # Cancelled before they ever ran: nothing to show in Optuna.
+    with db.session() as session:
+        session.execute(
+            update(TrialRow)
+            .where(
+                and_(pending_clause, TrialRow.state == "cancelled"),
+                TrialRow.optuna_trial_id.is_(None),
+                recent,
+            )
+            .values(optuna_final=True),
+            execution_options={"synchronize_session": False},
+        )
+    query = select(TrialRow.id, TrialRow.study_id).where(pending_clause, recent)
     with db.session(readonly=True) as session:
         pending = session.execute(query.order_by(TrialRow.id).limit(limit)).all()
     written = 0
@@ -397,19 +598,23 @@ def sync_optuna(
         with db.session() as session:
             row = session.execute(
                 select(TrialRow)
-                .where(TrialRow.id == trial_id, TrialRow.optuna_trial_id.is_(None))
+                .where(TrialRow.id == trial_id, TrialRow.optuna_final.is_(False))
                 .with_for_update()
             ).scalar_one_or_none()
             if row is None:
                 continue  # another worker mirrored it meanwhile
-            optuna_trial_id = insert_finished_trial(session, handle, finished_trial_from_row(row))
+            optuna_trial_id = row.optuna_trial_id
+            if row.state != "cancelled" or optuna_trial_id is not None:
+                optuna_trial_id = finish_trial(
+                    session, handle, optuna_trial_id, finished_trial_from_row(row)
+                )
+                written += 1
             session.execute(
                 update(TrialRow)
                 .where(TrialRow.id == trial_id)
-                .values(optuna_trial_id=optuna_trial_id),
+                .values(optuna_trial_id=optuna_trial_id, optuna_final=True),
                 execution_options={"synchronize_session": False},
             )
-            written += 1
     return written
 
 
@@ -426,12 +631,14 @@ def _sync_through_storage(db: Database, handle: StudyHandle, trial_id: int) -> i
     }
     optuna_trial_id = present.get(trial_id)
     wrote = 0
-    if optuna_trial_id is None:
+    if optuna_trial_id is None and row.state != "cancelled":
         optuna_trial_id = record_trial(db, row.study_id, finished_trial_from_row(row))
         wrote = 1
     with db.session() as session:
         session.execute(
-            update(TrialRow).where(TrialRow.id == trial_id).values(optuna_trial_id=optuna_trial_id),
+            update(TrialRow)
+            .where(TrialRow.id == trial_id)
+            .values(optuna_trial_id=optuna_trial_id, optuna_final=True),
             execution_options={"synchronize_session": False},
         )
     return wrote

@@ -22,12 +22,18 @@ from studies.db.engine import Database, finite_or_none
 from studies.db.models import StudyRow, TrialRow, UtcDateTime, utcnow
 from studies.db.optuna_bridge import (
     FinishedTrial,
+    StudyHandle,
     capped_value,
     direct_writes,
-    insert_finished_trial,
+    finish_trial,
+    handle_in_session,
+    insert_running_trial,
     record_trial,
+    restart_trial,
+    set_trials_waiting,
     study_handle,
     sync_optuna,
+    write_intermediate,
 )
 
 if TYPE_CHECKING:
@@ -82,8 +88,10 @@ class ClaimedTrial:
     curve: list[dict[str, Any]] = field(default_factory=list)
     worker: WorkerInfo | None = None
     claimed_at: datetime | None = None
-    # Set once the trial is in the Optuna study.
+    # The trial's Optuna trial (RUNNING from the claim on; None in the fallback mode), and the
+    # steps whose intermediate values are committed there.
     optuna_trial_id: int | None = None
+    optuna_steps: set[int] = field(default_factory=set)
 
 
 def _check_lease_seconds(lease_seconds: float) -> float:
@@ -178,11 +186,13 @@ def _claim_in_session(
             TrialRow.number,
             TrialRow.params,
             TrialRow.claimed_at,
+            TrialRow.optuna_trial_id,
         )
     )
     row = session.execute(statement, execution_options=_NO_SYNC).one_or_none()
     if row is None:
         return None
+    optuna_trial_id = _start_optuna_trial(session, db, row)
     return ClaimedTrial(
         trial_id=row.id,
         study_id=row.study_id,
@@ -194,7 +204,27 @@ def _claim_in_session(
         lease_seconds=lease_seconds,
         worker=worker,
         claimed_at=row.claimed_at,
+        optuna_trial_id=optuna_trial_id,
     )
+
+
+def _start_optuna_trial(session: Any, db: Database, row: Any) -> int | None:
+    """Makes the claimed trial's Optuna trial RUNNING in the claim's transaction: created at the
+    first claim, reused by a re-run. None when Optuna is written at completion only."""
+    if not direct_writes(db.url):
+        return None  # the fallback: create_new_trial at completion
+    handle = handle_in_session(session, db.url, row.study_id)
+    if handle is None:
+        return None  # no Optuna study yet: completion creates both
+    if row.optuna_trial_id is not None:
+        restart_trial(session, row.optuna_trial_id)
+        return int(row.optuna_trial_id)
+    optuna_trial_id = insert_running_trial(session, handle, row.number, row.params)
+    session.execute(
+        update(TrialRow).where(TrialRow.id == row.id).values(optuna_trial_id=optuna_trial_id),
+        execution_options=_NO_SYNC,
+    )
+    return optuna_trial_id
 
 
 def renew_lease(db: Database, claim: ClaimedTrial, *, lease_seconds: float | None = None) -> bool:
@@ -230,8 +260,10 @@ def buffer_evaluation(claim: ClaimedTrial, point: EvalPoint) -> None:
 
 
 def record_evaluation(db: Database, claim: ClaimedTrial, point: EvalPoint) -> bool:
-    """Stores one evaluation on the trial's curve and renews the lease; False: stop the trial."""
+    """Stores one evaluation (and any buffered before it) on the trial's curve and as Optuna
+    intermediate values, and renews the lease, in one transaction; False: stop the trial."""
     buffer_evaluation(claim, point)
+    pending = _unreported(claim) if claim.optuna_trial_id is not None else {}
     with db.session() as session:
         result = session.execute(
             update(TrialRow)
@@ -241,7 +273,21 @@ def record_evaluation(db: Database, claim: ClaimedTrial, point: EvalPoint) -> bo
             ),
             execution_options=_NO_SYNC,
         )
-        return result.rowcount == 1
+        held = result.rowcount == 1
+        # Only while the lease is held: our row's lock orders this after any re-claim's reset.
+        if held and pending and claim.optuna_trial_id is not None:
+            write_intermediate(session, claim.optuna_trial_id, pending)
+    if held:
+        claim.optuna_steps.update(pending)
+    return held
+
+
+def _unreported(claim: ClaimedTrial) -> dict[int, float]:
+    return {
+        int(p["step"]): float(p["val_loss"])
+        for p in claim.curve
+        if p.get("val_loss") is not None and int(p["step"]) not in claim.optuna_steps
+    }
 
 
 def _finished(
@@ -315,14 +361,15 @@ def complete_and_claim_next(
     }
     direct = optuna and direct_writes(db.url)
     handle = study_handle(db, claim.study_id) if direct else None  # outside the transaction
+    if handle is not None:
+        values["optuna_final"] = True
     with db.session() as session:
-        if handle is not None:
-            values["optuna_trial_id"] = insert_finished_trial(session, handle, finished)
+        # Our row first, then Optuna's: every transaction takes the two locks in that order.
         stored = session.execute(
             update(TrialRow).where(_held(claim)).values(**values), execution_options=_NO_SYNC
         ).rowcount
         if stored != 1:
-            session.rollback()  # not ours (any more): the Optuna rows go too
+            session.rollback()  # not ours (any more)
             done = session.execute(
                 select(TrialRow.optuna_trial_id).where(
                     TrialRow.id == claim.trial_id,
@@ -334,7 +381,8 @@ def complete_and_claim_next(
                 return False, None  # lease lost
             claim.optuna_trial_id = done.optuna_trial_id  # a retry after a lost reply
             return True, None
-        claim.optuna_trial_id = values.get("optuna_trial_id")
+        if handle is not None:
+            _finish_in_session(session, handle, claim, finished)
         following = None
         if worker is not None:
             # One transaction per trial instead of two: the next claim rides on this commit.
@@ -344,13 +392,30 @@ def complete_and_claim_next(
     return True, following
 
 
+def _finish_in_session(
+    session: Any, handle: StudyHandle, claim: ClaimedTrial, finished: FinishedTrial
+) -> None:
+    """Gives the claimed trial's Optuna trial its final state in the caller's transaction."""
+    optuna_trial_id = finish_trial(
+        session, handle, claim.optuna_trial_id, finished, written_steps=claim.optuna_steps
+    )
+    if optuna_trial_id != claim.optuna_trial_id:
+        session.execute(
+            update(TrialRow)
+            .where(TrialRow.id == claim.trial_id)
+            .values(optuna_trial_id=optuna_trial_id, optuna_final=True),
+            execution_options=_NO_SYNC,
+        )
+    claim.optuna_trial_id = optuna_trial_id
+
+
 def _mirror_through_storage(db: Database, claim: ClaimedTrial, finished: FinishedTrial) -> None:
     claim.optuna_trial_id = record_trial(db, claim.study_id, finished)
     with db.session() as session:
         session.execute(
             update(TrialRow)
             .where(TrialRow.id == claim.trial_id)
-            .values(optuna_trial_id=claim.optuna_trial_id),
+            .values(optuna_trial_id=claim.optuna_trial_id, optuna_final=True),
             execution_options=_NO_SYNC,
         )
 
@@ -365,10 +430,13 @@ def release_lease(db: Database, claim: ClaimedTrial, *, keep_curve: bool = False
     """Hands a trial back without counting the attempt (graceful shutdown, cancellation).
 
     The trial is queued again, or cancelled when its study was cancelled. False: lease lost.
+    Its Optuna trial becomes WAITING (queued again; RUNNING once re-run) or PRUNED (cancelled,
+    keeping the intermediate values written so far), in the same transaction.
     """
     cancelled = _study_cancelled()
+    handle = _live_handle(db, claim)
     with db.session() as session:
-        result = session.execute(
+        state = session.execute(
             update(TrialRow)
             .where(_held(claim))
             .values(
@@ -377,10 +445,38 @@ def release_lease(db: Database, claim: ClaimedTrial, *, keep_curve: bool = False
                 lease_expires_at=None,
                 finished_at=case((cancelled, _now(db)), else_=None),
                 curve=case((cancelled, TrialRow.curve), else_=None) if keep_curve else None,
-            ),
+            )
+            .returning(TrialRow.state),
             execution_options=_NO_SYNC,
-        )
-        return result.rowcount == 1
+        ).scalar_one_or_none()
+        if state is not None and handle is not None:
+            _optuna_after_attempt(session, handle, claim, state, None)
+    return state is not None
+
+
+def _live_handle(db: Database, claim: ClaimedTrial) -> StudyHandle | None:
+    # Read before the transaction: study_handle may need to write (SQLite: another connection).
+    if claim.optuna_trial_id is None or not direct_writes(db.url):
+        return None
+    return study_handle(db, claim.study_id)
+
+
+def _optuna_after_attempt(
+    session: Any, handle: StudyHandle, claim: ClaimedTrial, state: str, error: str | None
+) -> None:
+    """Shows the outcome of an attempt that did not complete in its Optuna trial: WAITING when
+    queued again, FAIL when failed, PRUNED when cancelled (each final one marked on our row)."""
+    if state == "queued":
+        assert claim.optuna_trial_id is not None
+        set_trials_waiting(session, [claim.optuna_trial_id])
+        return
+    finished = _finished(claim, state, None, error)
+    finished.intermediate = {}  # those written so far stay; buffered ones were not stored
+    _finish_in_session(session, handle, claim, finished)
+    session.execute(
+        update(TrialRow).where(TrialRow.id == claim.trial_id).values(optuna_final=True),
+        execution_options=_NO_SYNC,
+    )
 
 
 def _retry_or_fail(db: Database, max_attempts: int) -> dict[str, Any]:
@@ -405,9 +501,9 @@ def fail_attempt(db: Database, claim: ClaimedTrial, error: str, *, max_attempts:
     """
     max_attempts = _check_max_attempts(max_attempts)
     error = str(error)[:MAX_ERROR_LENGTH]
-    final = claim.attempt >= max_attempts
-    direct = final and direct_writes(db.url)
-    handle = study_handle(db, claim.study_id) if direct else None
+    handle = _live_handle(db, claim)
+    if handle is None and claim.attempt >= max_attempts and direct_writes(db.url):
+        handle = study_handle(db, claim.study_id)  # no Optuna trial yet: the FAIL one is new
     with db.session() as session:
         state = session.execute(
             update(TrialRow)
@@ -416,17 +512,14 @@ def fail_attempt(db: Database, claim: ClaimedTrial, error: str, *, max_attempts:
             .returning(TrialRow.state),
             execution_options=_NO_SYNC,
         ).scalar_one_or_none()
-        if state == "failed" and handle is not None:
-            optuna_trial_id = insert_finished_trial(
-                session, handle, _finished(claim, "failed", None, error)
-            )
-            session.execute(
-                update(TrialRow)
-                .where(TrialRow.id == claim.trial_id)
-                .values(optuna_trial_id=optuna_trial_id),
-                execution_options=_NO_SYNC,
-            )
-    if state == "failed" and handle is None:
+        # A queued trial without an Optuna trial has nothing to show there yet.
+        if (
+            state is not None
+            and handle is not None
+            and (state != "queued" or claim.optuna_trial_id is not None)
+        ):
+            _optuna_after_attempt(session, handle, claim, state, error)
+    if state in ("failed", "cancelled") and handle is None:
         sync_optuna(db, trial_ids=[claim.trial_id])
     return state
 
@@ -438,6 +531,7 @@ def requeue_expired(db: Database, *, max_attempts: int = DEFAULT_MAX_ATTEMPTS) -
     being cancelled). Returns how many expired leases were reclaimed.
     """
     max_attempts = _check_max_attempts(max_attempts)
+    direct = direct_writes(db.url)
     with db.session() as session:
         result = session.execute(
             update(TrialRow)
@@ -452,9 +546,14 @@ def requeue_expired(db: Database, *, max_attempts: int = DEFAULT_MAX_ATTEMPTS) -
                 ),
                 **_retry_or_fail(db, max_attempts),
             )
-            .returning(TrialRow.id, TrialRow.state),
+            .returning(TrialRow.id, TrialRow.state, TrialRow.optuna_trial_id),
             execution_options=_NO_SYNC,
         ).all()
+        if direct:  # queued again: WAITING in Optuna until re-run
+            set_trials_waiting(
+                session,
+                [int(o) for _, state, o in result if state == "queued" and o is not None],
+            )
         session.execute(
             update(TrialRow)
             .where(TrialRow.state == "queued", _study_cancelled())
@@ -462,7 +561,7 @@ def requeue_expired(db: Database, *, max_attempts: int = DEFAULT_MAX_ATTEMPTS) -
             execution_options=_NO_SYNC,
         )
     # Trials that failed here had no worker left to record them in Optuna.
-    failed = [trial_id for trial_id, state in result if state == "failed"]
+    failed = [trial_id for trial_id, state, _ in result if state in ("failed", "cancelled")]
     if failed:
         sync_optuna(db, trial_ids=failed)
     return len(result)

@@ -16,6 +16,7 @@ from studies.db import (
     load_records,
 )
 from studies.db.engine import VERSION_TABLE, Database, normalize_database_url
+from studies.db.migrations import HEAD_REVISION
 from studies.db.models import StudyRow, TrialRow
 from studies.spec import expand_grid
 from tests.db.util import make_study, migrated, noop_spec
@@ -135,13 +136,13 @@ def test_migrations_use_their_own_version_table(database_url: str) -> None:
     with db.engine.connect() as connection:
         ours = connection.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar_one()
         optunas = connection.execute(text("SELECT version_num FROM alembic_version")).scalar_one()
-    assert ours == "0001" and optunas != ours
+    assert ours == HEAD_REVISION and optunas != ours
 
 
 def test_head_revision_constant_matches_alembic() -> None:
     from alembic.script import ScriptDirectory
 
-    from studies.db.migrations import HEAD_REVISION, alembic_config
+    from studies.db.migrations import alembic_config
 
     assert ScriptDirectory.from_config(alembic_config()).get_heads() == [HEAD_REVISION]
 

@@ -66,6 +66,8 @@ def test_killed_worker_trial_runs_again_elsewhere(
     victim.send_signal(signal.SIGKILL)
     victim.wait(timeout=10)
     killed_trial = running[0].id
+    live_optuna_id = running[0].optuna_trial_id  # created RUNNING by the claim
+    assert live_optuna_id is not None
     survivor = worker_processes.start(postgres_url, *args)
     assert survivor.wait(timeout=120) == 0, worker_processes.log(survivor)
     rows = {r.id: r for r in trial_rows(db, view.id)}
@@ -75,6 +77,13 @@ def test_killed_worker_trial_runs_again_elsewhere(
     assert "requeued 1 trial" in worker_processes.log(survivor)
     assert get_study(db, view.id).status == "completed"
     assert _optuna_trial_ids(db, view) == sorted(rows)
+    # The re-run reused the killed attempt's Optuna trial: one per grid point, the re-run's curve.
+    trials = optuna.load_study(study_name=view.optuna_study_name, storage=db.url).trials
+    assert sorted(t.number for t in trials) == sorted(r.number for r in rows.values())
+    (rerun,) = [t for t in trials if t.user_attrs["adamod_lab_trial_id"] == killed_trial]
+    assert rerun._trial_id == live_optuna_id == again.optuna_trial_id
+    assert rerun.number == again.number and rerun.user_attrs["attempts"] == 2
+    assert rerun.intermediate_values == {p["step"]: p["val_loss"] for p in again.curve}
 
 
 def test_cancel_mid_study_starts_no_queued_trial(

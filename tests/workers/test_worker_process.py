@@ -115,3 +115,35 @@ def test_cancel_stops_the_running_trial(sqlite_url: str, worker_processes: Worke
     (row,) = trial_rows(db, view.id)
     assert row.state == "cancelled" and 0 < len(row.curve) < 300  # stopped part-way, curve kept
     assert get_study(db, view.id).status == "cancelled"
+
+
+def test_running_trial_reports_to_optuna_live(
+    database_url: str, worker_processes: WorkerProcesses
+) -> None:
+    db = migrated(database_url)
+    spec = noop_spec(
+        n_lr=1,
+        seeds=1,
+        optimizers=["adam"],
+        workload_config={"steps_per_epoch": 16, "sleep_s": 0.15, "eval_every": 1},
+    )
+    view = create_study(db, spec)  # one trial of about 2.4 s, 16 evaluations
+
+    def live() -> optuna.trial.FrozenTrial | None:
+        trials = optuna.load_study(study_name=view.optuna_study_name, storage=db.url).trials
+        running = [t for t in trials if t.state == TrialState.RUNNING]
+        return running[0] if running and len(running[0].intermediate_values) >= 3 else None
+
+    process = worker_processes.start(
+        database_url, "--exit-when-idle", "--poll-interval", "0.2", "--report-interval", "0"
+    )
+    seen = wait_for(live, timeout=60, what="intermediate values of the running trial in Optuna")
+    assert trial_rows(db, view.id)[0].state == "running"  # seen before it finished
+    assert process.wait(timeout=60) == 0, worker_processes.log(process)
+    (row,) = trial_rows(db, view.id)
+    (done,) = optuna.load_study(study_name=view.optuna_study_name, storage=db.url).trials
+    assert row.state == "completed" and done.state == TrialState.COMPLETE
+    assert done._trial_id == seen._trial_id == row.optuna_trial_id and done.number == 0
+    assert len(row.curve) == 16
+    assert done.intermediate_values == {p["step"]: p["val_loss"] for p in row.curve}
+    assert seen.intermediate_values.items() <= done.intermediate_values.items()
