@@ -118,3 +118,27 @@ void NAME(int64_t n, T **p, T **g, T **m, T **v, T **s, T **prev, const int64_t 
 
 DEFINE_KERNEL(bounded_update_f32, float, expf, __builtin_sqrtf)
 DEFINE_KERNEL(bounded_update_f64, double, exp, __builtin_sqrt)
+
+#ifdef _OPENMP
+#include <omp.h>
+/* The same update split over `nthreads` threads of the OpenMP runtime that torch itself uses
+ * (torch's libgomp is already loaded, so this library binds to it): torch's worker threads spin
+ * for a while after each parallel op, and threads of our own would compete with them for the
+ * cores. Thread k writes its telemetry to stats + 5k. */
+#define DEFINE_PARALLEL(NAME, KERNEL, T)                                                      \
+void NAME(int64_t nthreads, int64_t n, T **p, T **g, T **m, T **v, T **s, T **prev,         \
+          const int64_t *sizes, const double *c, const double *eps, const double *scale,       \
+          int64_t lo, int64_t hi, double b1, double b2, double b3, double decay, double sign,  \
+          int64_t use_abs, double fa, double fk, double fb, double *stats) {                   \
+    _Pragma("omp parallel num_threads(nthreads)")                                              \
+    {                                                                                          \
+        int64_t k = omp_get_thread_num(), w = omp_get_num_threads();                           \
+        int64_t a = lo + (hi - lo) * k / w, b = lo + (hi - lo) * (k + 1) / w;                  \
+        KERNEL(n, p, g, m, v, s, prev, sizes, c, eps, scale, a, b, b1, b2, b3, decay, sign,    \
+               use_abs, fa, fk, fb, stats ? stats + 5 * k : 0);                                \
+    }                                                                                          \
+}
+
+DEFINE_PARALLEL(bounded_update_f32_parallel, bounded_update_f32, float)
+DEFINE_PARALLEL(bounded_update_f64_parallel, bounded_update_f64, double)
+#endif

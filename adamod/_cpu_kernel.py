@@ -1,7 +1,11 @@
 """The fused CPU kernel: compiled from _cpu_kernel.c on first use, called through ctypes.
 
 One call per step updates every contiguous float32/float64 tensor in a single pass; the work is
-split into contiguous ranges run on torch.get_num_threads() threads (ctypes releases the GIL).
+split into torch.get_num_threads() contiguous ranges. Where torch runs on OpenMP (its Linux
+wheels), the ranges run on torch's own OpenMP threads: those spin for a while after every torch op,
+so threads of our own would fight them for the cores (measured: no speed-up from a second thread,
+against 1.2x fused Adam with OpenMP). Elsewhere, and in a forked child, a Python thread pool runs
+them (ctypes releases the GIL).
 """
 
 from __future__ import annotations
@@ -23,12 +27,16 @@ _SOURCE = Path(__file__).with_name("_cpu_kernel.c")
 _FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno", "-shared", "-fPIC"]
 # tried in order: vector exp from glibc's libmvec, then plain libm
 _LINK_OPTIONS = (["-lmvec", "-lm"], ["-DADAMOD_NO_MVEC", "-lm"])
+# Where torch's own threads are OpenMP's, the kernel is built with OpenMP too and splits a step over
+# torch's thread pool (see the note in _cpu_kernel.c); elsewhere it uses a thread pool of its own.
+_USE_OPENMP = "parallel backend: OpenMP" in torch.__config__.parallel_info()
 # DiffMod's friction ξ = a / (1 + exp(-k d)) + b with d = |Δg| (use_abs) or Δg, per version
 _FRICTION = {0: (1, 1.0, 1.0, 0.0), 1: (0, 1.0, 1.0, 0.0), 2: (1, 9.0, 0.5, -4.0)}
 _MIN_ELEMENTS_PER_THREAD = 1 << 16
 _DTYPES = (torch.float32, torch.float64)
 _lock = threading.Lock()
 _library: ctypes.CDLL | None = None
+_library_pid = 0  # OpenMP's thread pool does not survive fork: children use the Python pool
 _pool: ThreadPoolExecutor | None = None
 _pool_pid = 0  # a forked child inherits the pool object but not its threads
 
@@ -61,7 +69,8 @@ def load_library() -> ctypes.CDLL:
                 "use foreach=True or the default path instead"
             )
         source = _SOURCE.read_bytes()
-        key = hashlib.sha256(source + " ".join(_FLAGS).encode() + _cpu_signature().encode())
+        flags = [*_FLAGS, "-fopenmp"] if _USE_OPENMP else _FLAGS
+        key = hashlib.sha256(source + " ".join(flags).encode() + _cpu_signature().encode())
         target = _cache_dir() / f"adamod_kernel_{key.hexdigest()[:16]}.so"
         if not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -71,7 +80,7 @@ def load_library() -> ctypes.CDLL:
                 for link in _LINK_OPTIONS:
                     try:
                         result = subprocess.run(
-                            [compiler, *_FLAGS, str(_SOURCE), "-o", str(built), *link],
+                            [compiler, *flags, str(_SOURCE), "-o", str(built), *link],
                             capture_output=True,
                             text=True,
                         )
@@ -87,31 +96,33 @@ def load_library() -> ctypes.CDLL:
                     )
                 os.replace(built, target)  # atomic: concurrent processes never see half a file
         library = ctypes.CDLL(str(target))
-        pointer, i64, f64 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
         for name in ("bounded_update_f32", "bounded_update_f64"):
             fn = getattr(library, name)
             fn.restype = None
-            fn.argtypes = [
-                i64,
-                *[pointer] * 7,
-                pointer,
-                pointer,
-                pointer,
-                i64,
-                i64,
-                f64,
-                f64,
-                f64,
-                f64,
-                f64,
-                i64,  # use_abs
-                f64,  # friction a, k, b
-                f64,
-                f64,
-                pointer,  # stats
-            ]
+            fn.argtypes = _KERNEL_ARGTYPES
+            parallel = getattr(library, f"{name}_parallel", None)
+            if parallel is not None:
+                parallel.restype = None
+                parallel.argtypes = [ctypes.c_int64, *_KERNEL_ARGTYPES]
+                fn.parallel = parallel  # ctypes function objects take attributes
+        global _library_pid
+        _library_pid = os.getpid()
         _library = library
         return library
+
+
+_POINTER, _I64, _F64 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
+_KERNEL_ARGTYPES = [
+    _I64,  # number of tensors
+    *[_POINTER] * 7,  # p, g, m, v, s, previous gradients (or NULL), sizes
+    *[_POINTER] * 3,  # per-tensor c, eps, scale
+    _I64,  # lo
+    _I64,  # hi
+    *[_F64] * 5,  # beta1, beta2, beta3, decay, sign
+    _I64,  # use_abs
+    *[_F64] * 3,  # friction a, k, b
+    _POINTER,  # stats
+]
 
 
 def eligible(*tensors: Tensor | None) -> bool:
@@ -164,8 +175,10 @@ def fused_cpu_update(
     bounds = [total * k // n_chunks for k in range(n_chunks + 1)]
     stats = [(ctypes.c_double * 5)() for _ in range(n_chunks)] if with_stats else None
     friction = _FRICTION[0 if version is None else version]
+    tail = (beta1, beta2, beta3, decay, -1.0 if maximize else 1.0, *friction)
 
     def run(k: int) -> None:
+        chunk_stats = None if stats is None else stats[k]
         fn(
             len(params),
             *arrays,
@@ -174,17 +187,20 @@ def fused_cpu_update(
             *per_tensor,
             bounds[k],
             bounds[k + 1],
-            beta1,
-            beta2,
-            beta3,
-            decay,
-            -1.0 if maximize else 1.0,
-            *friction,
-            None if stats is None else stats[k],
+            *tail,
+            chunk_stats,
         )
 
+    parallel = getattr(fn, "parallel", None)
     if n_chunks == 1:
         run(0)
+    elif parallel is not None and _library_pid == os.getpid():
+        flat_stats = (ctypes.c_double * (5 * n_chunks))() if with_stats else None
+        parallel(
+            n_chunks, len(params), *arrays, prev, sizes, *per_tensor, 0, total, *tail, flat_stats
+        )
+        if flat_stats is not None and stats is not None:
+            stats = [flat_stats[5 * k : 5 * k + 5] for k in range(n_chunks)]
     else:
         if _pool is None or _pool_pid != os.getpid() or _pool._max_workers < n_chunks - 1:
             _pool = ThreadPoolExecutor(max_workers=n_chunks - 1, thread_name_prefix="adamod")

@@ -263,3 +263,37 @@ def test_cache_blocking_changes_no_result(info: OptimizerInfo, foreach: bool, mo
     assert torch.equal(results[0][0], results[1][0])
     for key in results[0][1]:
         assert results[0][1][key] == pytest.approx(results[1][1][key], rel=1e-6)
+
+
+@pytest.mark.parametrize("info", OPTIMIZERS, ids=lambda i: i.name)
+@pytest.mark.parametrize("threads", [2, 3])
+def test_fused_step_split_over_threads_matches_the_default_path(
+    info: OptimizerInfo, threads: int
+) -> None:
+    """Tensors large enough to be split over torch's threads: same update and telemetry."""
+    torch.set_num_threads(threads)  # the autouse fixture restores the count
+
+    def make() -> list[torch.nn.Parameter]:
+        gen = torch.Generator().manual_seed(7)
+        return [
+            torch.nn.Parameter(torch.randn(150_001, generator=gen)),
+            torch.nn.Parameter(torch.randn(70_000, generator=gen)),
+        ]
+
+    fused, default = make(), make()
+    opt_f = info.cls(fused, **info.valid_inputs[1], fused=True, track_bounds=True)
+    opt_d = info.cls(default, **info.valid_inputs[1], track_bounds=True)
+    gen = torch.Generator().manual_seed(8)
+    for _ in range(5):
+        for a, b in zip(fused, default, strict=True):
+            g = torch.randn(a.shape, generator=gen)
+            a.grad, b.grad = g, g.clone()
+        opt_f.step()
+        opt_d.step()
+    for a, b in zip(fused, default, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    stats_f, stats_d = opt_f.bound_stats(), opt_d.bound_stats()
+    for key in STAT_KEYS:
+        torch.testing.assert_close(
+            torch.tensor(stats_f[key]), torch.tensor(stats_d[key]), rtol=1e-4, atol=1e-7
+        )
