@@ -110,7 +110,11 @@ def test_cancel_mid_study_starts_no_queued_trial(
     started_after = [r.id for r in rows if r.claimed_at is not None and r.claimed_at > cancelled_at]
     assert started_after == []
     assert {r.state for r in rows} <= {"completed", "cancelled"}
-    assert sum(r.state == "cancelled" for r in rows) >= 30 - 3 - 2
+    # Trials that had not started when the study was cancelled never run. (How many completed
+    # before the cancel depends on the machine's speed, so it is not pinned.)
+    never_started = [r for r in rows if r.claimed_at is None]
+    assert never_started, "the study finished before it was cancelled: nothing was tested"
+    assert all(r.state == "cancelled" for r in never_started)
     assert get_study(db, view.id).progress["queued"] == 0
 
 
