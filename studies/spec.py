@@ -21,6 +21,8 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from studies.budget import Budget
+
 __all__ = [
     "BOUNDED_OPTIMIZERS",
     "DEFAULT_MAX_TRIALS",
@@ -129,28 +131,6 @@ class LrGrid(BaseModel):
         out = [float(10.0**e) for e in exps]
         out[0], out[-1] = float(self.min), float(self.max)  # exact ends, no round-off
         return out
-
-
-class Budget(BaseModel):
-    """How long one trial trains: exactly one of {"epochs": n} or {"steps": n}."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    epochs: Annotated[int, Field(strict=True, ge=1, le=100_000)] | None = None
-    steps: Annotated[int, Field(strict=True, ge=1, le=100_000_000)] | None = None
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> Budget:
-        if (self.epochs is None) == (self.steps is None):
-            raise ValueError("budget needs exactly one of 'epochs' or 'steps'")
-        return self
-
-    def total_steps(self, steps_per_epoch: int) -> int:
-        """Optimizer steps this budget allows for a problem with `steps_per_epoch`."""
-        if self.steps is not None:
-            return self.steps
-        assert self.epochs is not None
-        return self.epochs * steps_per_epoch
 
 
 class StudySpec(BaseModel):

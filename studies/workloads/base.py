@@ -10,7 +10,7 @@ import torch
 from pydantic import BaseModel
 from torch import Tensor, nn
 
-from studies.spec import Budget
+from studies.budget import Budget
 
 __all__ = ["Problem", "Workload"]
 
@@ -26,6 +26,9 @@ class Problem:
     steps_per_epoch: int
     eval_every: int  # optimizer steps between evaluations
     extras: dict[str, Any] = field(default_factory=dict)  # free-form facts (dataset sizes, ...)
+    # Held-out test data, evaluated once at the end of a trial ({"loss": ..., "accuracy": ...});
+    # None for a workload without a test split (the report then says "no test split").
+    evaluate_test: Callable[[nn.Module], dict[str, float]] | None = None
 
     def __post_init__(self) -> None:
         if self.steps_per_epoch < 1:

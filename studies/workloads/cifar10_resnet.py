@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from studies.spec import Budget
+from studies.budget import Budget
 from studies.workloads.base import Problem, Workload
 
 __all__ = ["DATA_DIR_ENV", "WORKLOAD", "Cifar10Config", "ResNet", "find_cifar10", "load_cifar10"]

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from studies.spec import Budget
+from studies.budget import Budget
 from studies.workloads.base import Problem, Workload
 
 __all__ = ["WORKLOAD", "DigitsConfig", "load_digits_split"]

@@ -9,7 +9,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
-from studies.spec import Budget
+from studies.budget import Budget
 from studies.workloads.base import Problem, Workload
 
 __all__ = ["WORKLOAD", "QuadraticConfig"]

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from studies.spec import Budget
+from studies.budget import Budget
 from studies.workloads.base import Problem, Workload
 
 __all__ = ["STDLIB_FILES", "WORKLOAD", "TinyTransformerConfig", "load_corpus"]
