@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -47,6 +47,10 @@ class TrialRecord:
     error: str | None = None
     # AdaMod/DiffMod telemetry: first step at which fewer than half the elements are bounded.
     bound_release_step: float | None = None
+    # Where it ran: torch version, device, and the data hashes the workload reported.
+    torch_version: str | None = None
+    device: str | None = None
+    data: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     @property
     def capped_loss(self) -> float | None:
@@ -102,7 +106,10 @@ class TrialRecord:
         release = None
         if isinstance(bound_stats, dict):
             release = (bound_stats.get("summary") or {}).get("bound_half_release_step")
-        test_loss = (result or {}).get("test_loss") if isinstance(result, dict) else None
+        result = result if isinstance(result, dict) else {}
+        test_loss = result.get("test_loss")
+        extras = result.get("extras") if isinstance(result.get("extras"), dict) else {}
+        data = {k: v for k, v in extras.items() if "hash" in k or "sha" in k or k == "source"}
         return cls(
             optimizer=str(params["optimizer"]),
             lr=float(params["lr"]),
@@ -122,4 +129,7 @@ class TrialRecord:
             trial_id=trial_id,
             error=error,
             bound_release_step=float(release) if isinstance(release, int | float) else None,
+            torch_version=result.get("torch_version"),
+            device=result.get("device"),
+            data=data,
         )
