@@ -1,11 +1,19 @@
-"""What a study is: the StudySpec a user sends, its validation, and its expansion into trials."""
+"""What a study is: the StudySpec a user sends, its validation, and its expansion into trials.
+
+Every number of a spec is a JSON number: a boolean or a string where a number belongs is an error
+(pydantic's lax mode would read `true` as 1 and `"1e-8"` as 1e-8, and a client's typo would become
+a study). Every list is bounded, so that a request is rejected by its size before the grid is
+built, and every error names the field's path.
+"""
 
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import math
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -14,8 +22,10 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PlainValidator,
     ValidationError,
     ValidationInfo,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -24,36 +34,116 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from studies.budget import Budget
 
 __all__ = [
+    "AUTO_WARMUP",
     "BOUNDED_OPTIMIZERS",
     "DEFAULT_MAX_TRIALS",
+    "DEFAULT_SEEDS",
+    "MAX_AXIS_VALUES",
+    "MAX_LR_VALUES",
     "OPTIMIZERS",
+    "SCHEDULES",
     "Budget",
     "LrGrid",
     "StudySpec",
     "TrialConfig",
+    "auto_warmup_steps",
     "expand_grid",
     "load_spec",
+    "read_spec_file",
+    "resolve_warmup",
 ]
 
-OPTIMIZERS = ("adam", "adamw", "adamod", "diffmod", "sgd")
+OPTIMIZERS = ("adam", "adamw", "adamod", "diffmod", "sgd", "radam", "nadamw")
 BOUNDED_OPTIMIZERS = ("adamod", "diffmod")
+SCHEDULES = ("constant", "cosine")
+AUTO_WARMUP = "auto"
 DEFAULT_MAX_TRIALS = 5000
+# With n seeds the exact paired sign-flip test cannot go below p = 2/2^n; 6 is the fewest seeds
+# for which p <= 0.05 is reachable (2/2^5 = 0.0625 > 0.05, 2/2^6 = 0.031).
+DEFAULT_SEEDS = 6
+MAX_SEEDS = 1000
+# Per-axis list limits. Each is far above what a useful grid needs and low enough that a request
+# is refused by its size (cheaply, with the field's name) before the grid is counted; the total
+# is bounded by max_trials anyway. lr is the only axis people sweep finely.
+MAX_AXIS_VALUES = 64
+MAX_LR_VALUES = 10_000
+MAX_WARMUP_STEPS = 100_000_000  # the same bound as Budget.steps: a longer warmup never ends
 MAX_PRIORITY = 2**31 - 1
 
-OptimizerName = Literal["adam", "adamw", "adamod", "diffmod", "sgd"]
-PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+OptimizerName = Literal["adam", "adamw", "adamod", "diffmod", "sgd", "radam", "nadamw"]
+ScheduleName = Literal["constant", "cosine"]
+# strict=True: JSON numbers only (an int is accepted as a float; a bool or a string is not).
+FiniteFloat = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+PositiveFloat = Annotated[float, Field(strict=True, gt=0, allow_inf_nan=False)]
 Count = Annotated[int, Field(strict=True, ge=1)]
-Beta = Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)]
+Beta = Annotated[float, Field(strict=True, ge=0, lt=1, allow_inf_nan=False)]
+
+
+def auto_warmup_steps(beta2: float) -> int:
+    """The untuned warmup of Ma & Yarats (2021): round(2 / (1 - β2)) steps (2000 at β2 = 0.999).
+
+    Their rule of thumb matches RAdam's implicit warmup; `round` is Python's (half to even),
+    which only matters for the β2 where 2 / (1 - β2) is exactly k + 0.5.
+    """
+    if not 0.0 <= beta2 < 1.0:
+        raise ValueError(f"beta2 must be in [0, 1), got {beta2}")
+    return round(2.0 / (1.0 - beta2))
+
+
+def resolve_warmup(value: int | str, beta2: float) -> int:
+    """A warmup_steps entry as a number of steps ("auto" -> auto_warmup_steps(beta2))."""
+    return auto_warmup_steps(beta2) if value == AUTO_WARMUP else int(value)
+
+
+def _warmup_entry(value: Any) -> int | str:
+    """One warmup_steps entry: an integer >= 0 or the string "auto" (kept as written)."""
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        kind = "boolean" if isinstance(value, bool) else type(value).__name__
+        raise ValueError(f"must be an integer >= 0 or {AUTO_WARMUP!r}, got the {kind} {value!r}")
+    if isinstance(value, str):
+        if value != AUTO_WARMUP:
+            raise ValueError(
+                f"must be an integer >= 0 or {AUTO_WARMUP!r}, got the string {value!r}"
+            )
+        return value
+    if not 0 <= value <= MAX_WARMUP_STEPS:
+        raise ValueError(f"must be between 0 and {MAX_WARMUP_STEPS} steps, got {value}")
+    return value
+
+
+WarmupEntry = Annotated[
+    int | str,
+    PlainValidator(_warmup_entry),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "integer", "minimum": 0, "maximum": MAX_WARMUP_STEPS},
+                {"const": AUTO_WARMUP, "description": "round(2 / (1 - betas[1])) steps"},
+            ]
+        }
+    ),
+]
 
 
 def _no_duplicates(values: list[Any], what: str) -> list[Any]:
     """Reject a list that names the same value twice (it would run the same trials twice)."""
-    seen: list[Any] = []
+    seen: set[Any] = set()
     for value in values:
         if value in seen:
             raise ValueError(f"{what} lists {value!r} more than once")
-        seen.append(value)
+        seen.add(value)
     return values
+
+
+def _field_error(
+    model: str, loc: tuple[str, ...], kind: str, message: str, value: Any, **ctx: Any
+) -> ValidationError:
+    """A ValidationError at `loc` from a model-level check (a plain ValueError there would carry
+    no field path, and every error must name its field)."""
+    error = PydanticCustomError(kind, message, ctx or None)
+    return ValidationError.from_exception_data(
+        model, [InitErrorDetails(type=error, loc=loc, input=value)]
+    )
 
 
 class LrGrid(BaseModel):
@@ -70,7 +160,9 @@ class LrGrid(BaseModel):
     )
     # Stored as `explicit` so that `values()` can be the method DESIGN.md names; it reads and
     # writes as "values" everywhere (JSON, YAML, model_dump).
-    explicit: Annotated[list[PositiveFloat], Field(min_length=1)] | None = Field(
+    explicit: (
+        Annotated[list[PositiveFloat], Field(min_length=1, max_length=MAX_LR_VALUES)] | None
+    ) = Field(
         default=None, alias="values", description="explicit learning rates (instead of a range)"
     )
 
@@ -134,7 +226,7 @@ class LrGrid(BaseModel):
 
 
 class StudySpec(BaseModel):
-    """A study: one workload, a grid of optimizer × lr × β3 × warmup × seed, one budget."""
+    """A study: one workload, a grid of optimizer × schedule × lr × β3 × warmup × seed, a budget."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -147,23 +239,48 @@ class StudySpec(BaseModel):
         validate_default=True,
         description="validated by the workload's own config schema",
     )
-    optimizers: Annotated[list[OptimizerName], Field(min_length=1)] = Field(
-        default_factory=lambda: ["adam", "adamod"]
+    optimizers: Annotated[list[OptimizerName], Field(min_length=1, max_length=len(OPTIMIZERS))] = (
+        Field(default_factory=lambda: ["adam", "adamod"])
+    )
+    reference: OptimizerName | None = Field(
+        default=None,
+        description=(
+            "the optimizer the others are compared with; one of `optimizers`. Omitted: the report "
+            "uses adamw when weight_decay > 0, else adam"
+        ),
     )
     lr: LrGrid = Field(default_factory=lambda: LrGrid(min=1e-4, max=1e-1, points=7))
-    beta3: Annotated[list[Beta], Field(min_length=1)] = Field(
+    beta3: Annotated[list[Beta], Field(min_length=1, max_length=MAX_AXIS_VALUES)] = Field(
         default_factory=lambda: [0.999], description="AdaMod/DiffMod only; in [0, 1)"
     )
-    warmup_steps: Annotated[list[Annotated[int, Field(strict=True, ge=0)]], Field(min_length=1)] = (
-        Field(default_factory=lambda: [0], description="linear warmup lengths in steps")
+    warmup_steps: Annotated[list[WarmupEntry], Field(min_length=1, max_length=MAX_AXIS_VALUES)] = (
+        Field(
+            default_factory=lambda: [0],
+            description=(
+                'linear warmup lengths in steps; "auto" = round(2 / (1 - betas[1])) '
+                "(Ma & Yarats 2021), kept as written here, resolved to steps in each trial's config"
+            ),
+        )
     )
-    seeds: Annotated[int, Field(strict=True, ge=1, le=1000)] = Field(
-        default=3, description="seeds 0 .. seeds-1"
+    schedule: Annotated[list[ScheduleName], Field(min_length=1, max_length=len(SCHEDULES))] = Field(
+        default_factory=lambda: ["constant"],
+        description="lr schedules after warmup: constant, or cosine decay to 0 over the budget",
+    )
+    seeds: Annotated[int, Field(strict=True, ge=1, le=MAX_SEEDS)] = Field(
+        default=DEFAULT_SEEDS,
+        description="seeds 0 .. seeds-1; 6 is the fewest for which a paired test reaches p <= 0.05",
     )
     budget: Budget | None = Field(default=None, description="workload default when omitted")
     betas: tuple[Beta, Beta] = (0.9, 0.999)
     eps: PositiveFloat = 1e-8
-    weight_decay: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0
+    weight_decay: Annotated[float, Field(strict=True, ge=0, allow_inf_nan=False)] = 0.0
+    target_loss: FiniteFloat | None = Field(
+        default=None,
+        description=(
+            "validation loss that counts as reached (steps to target); omitted: derived from the "
+            "reference optimizer's results"
+        ),
+    )
     # A 32-bit column on PostgreSQL: the bound makes a huge value a 422, not a failed INSERT.
     priority: Annotated[int, Field(strict=True, ge=-MAX_PRIORITY, le=MAX_PRIORITY)] = Field(
         default=0, description="higher runs first; FIFO within a priority"
@@ -193,13 +310,30 @@ class StudySpec(BaseModel):
         from studies.workloads.registry import get_workload
 
         model = get_workload(name).config_model
+        try:
+            raw = json.dumps(value)
+        except (TypeError, ValueError):  # not JSON data (only possible from Python callers)
+            return model.model_validate(value).model_dump(mode="json")
+        # Strict JSON validation, as the spec's own fields: a string or a boolean where the
+        # workload wants a number is an error, lists still fill tuples and dicts nested models.
         # A nested ValidationError keeps its locations, prefixed with "workload_config".
-        return model.model_validate(value).model_dump(mode="json")
+        return model.model_validate_json(raw, strict=True).model_dump(mode="json")
 
     @field_validator("optimizers")
     @classmethod
     def _optimizers_distinct(cls, value: list[str]) -> list[str]:
         return _no_duplicates(value, "optimizers")
+
+    @field_validator("reference")
+    @classmethod
+    def _reference_in_study(cls, value: str | None, info: ValidationInfo) -> str | None:
+        optimizers = info.data.get("optimizers")
+        if value is not None and optimizers is not None and value not in optimizers:
+            raise ValueError(
+                f"reference {value!r} is not one of the study's optimizers {optimizers}; "
+                "add it to optimizers or name one of them"
+            )
+        return value
 
     @field_validator("beta3")
     @classmethod
@@ -208,35 +342,78 @@ class StudySpec(BaseModel):
 
     @field_validator("warmup_steps")
     @classmethod
-    def _warmup_distinct(cls, value: list[int]) -> list[int]:
+    def _warmup_distinct(cls, value: list[int | str]) -> list[int | str]:
         return _no_duplicates(value, "warmup_steps")
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule_distinct(cls, value: list[str]) -> list[str]:
+        return _no_duplicates(value, "schedule")
 
     @model_validator(mode="after")
     def _fill_and_bound(self, info: ValidationInfo) -> StudySpec:
         from studies.workloads.registry import get_workload
 
+        self._check_resolved_warmups()
         if self.budget is None:
             self.budget = get_workload(self.workload).default_budget
         context = info.context if isinstance(info.context, dict) else {}
         max_trials = int(context.get("max_trials", DEFAULT_MAX_TRIALS))
         n = self.n_trials
         if n > max_trials:
-            error = PydanticCustomError(
+            raise _field_error(
+                type(self).__name__,
+                ("lr",),
                 "too_many_trials",
                 "the grid has {n} trials, more than the maximum of {max_trials}; use fewer lr "
-                "points, beta3 values, warmup values, seeds or optimizers",
-                {"n": n, "max_trials": max_trials},
-            )
-            raise ValidationError.from_exception_data(
-                type(self).__name__,
-                [InitErrorDetails(type=error, loc=("lr",), input=self.lr.model_dump())],
+                "points, beta3 values, warmup values, schedules, seeds or optimizers",
+                self.lr.model_dump(),
+                n=n,
+                max_trials=max_trials,
             )
         return self
+
+    def _check_resolved_warmups(self) -> None:
+        """ "auto" may resolve to a length the list already names: the same trials twice."""
+        beta2 = self.betas[1]
+        seen: dict[int, int | str] = {}
+        for entry in self.warmup_steps:
+            steps = resolve_warmup(entry, beta2)
+            if steps > MAX_WARMUP_STEPS:
+                raise _field_error(
+                    type(self).__name__,
+                    ("warmup_steps",),
+                    "warmup_too_long",
+                    '"auto" resolves to {steps} steps with betas[1] = {beta2}, more than the '
+                    "maximum of {limit}",
+                    list(self.warmup_steps),
+                    steps=steps,
+                    beta2=beta2,
+                    limit=MAX_WARMUP_STEPS,
+                )
+            if steps in seen:
+                raise _field_error(
+                    type(self).__name__,
+                    ("warmup_steps",),
+                    "duplicate_warmup",
+                    '"auto" resolves to {steps} steps with betas[1] = {beta2}, which the list '
+                    "already names ({other} and {entry} are the same warmup); list it once",
+                    list(self.warmup_steps),
+                    steps=steps,
+                    beta2=beta2,
+                    other=repr(seen[steps]),
+                    entry=repr(entry),
+                )
+            seen[steps] = entry
+
+    def resolved_warmup_steps(self) -> list[int]:
+        """The warmup axis in steps, in the spec's order ("auto" resolved with betas[1])."""
+        return [resolve_warmup(w, self.betas[1]) for w in self.warmup_steps]
 
     @property
     def n_trials(self) -> int:
         """How many trials the grid expands to."""
-        per_lr = len(self.warmup_steps) * self.seeds * self.lr.count
+        per_lr = len(self.schedule) * len(self.warmup_steps) * self.seeds * self.lr.count
         return sum(
             per_lr * (len(self.beta3) if opt in BOUNDED_OPTIMIZERS else 1)
             for opt in self.optimizers
@@ -253,12 +430,13 @@ class TrialConfig(BaseModel):
     optimizer: OptimizerName
     lr: PositiveFloat
     beta3: Beta | None = None
-    warmup_steps: Annotated[int, Field(ge=0)] = 0
-    seed: Annotated[int, Field(ge=0)] = 0
+    warmup_steps: Annotated[int, Field(strict=True, ge=0)] = 0  # "auto" is resolved by expand_grid
+    schedule: ScheduleName = "constant"
+    seed: Annotated[int, Field(strict=True, ge=0)] = 0
     budget: Budget
     betas: tuple[Beta, Beta] = (0.9, 0.999)
     eps: PositiveFloat = 1e-8
-    weight_decay: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0
+    weight_decay: Annotated[float, Field(strict=True, ge=0, allow_inf_nan=False)] = 0.0
 
     @model_validator(mode="after")
     def _beta3_matches_optimizer(self) -> TrialConfig:
@@ -269,9 +447,15 @@ class TrialConfig(BaseModel):
         return self
 
     def canonical_json(self) -> str:
-        """The configuration as canonical JSON (sorted keys, no spaces, no null budget field)."""
+        """The configuration as canonical JSON (sorted keys, no spaces, no null budget field).
+
+        A constant schedule is left out: it is what every config meant before schedules
+        existed, so the keys of stored trials and of resumable local runs stay valid.
+        """
         data = self.model_dump(mode="json")
         data["budget"] = self.budget.model_dump(mode="json", exclude_none=True)
+        if data.get("schedule") == "constant":
+            del data["schedule"]
         return json.dumps(data, sort_keys=True, separators=(",", ":"), allow_nan=False)
 
     def key(self) -> str:
@@ -285,12 +469,19 @@ class TrialConfig(BaseModel):
             "lr": self.lr,
             "beta3": self.beta3,
             "warmup_steps": self.warmup_steps,
+            "schedule": self.schedule,
             "seed": self.seed,
         }
 
 
 def expand_grid(spec: StudySpec) -> list[TrialConfig]:
-    """Every trial of a spec, ordered by optimizer, lr, β3 (None if unbounded), warmup, seed."""
+    """Every trial of a spec, ordered by optimizer, schedule, lr, β3 (None if unbounded), warmup
+    (resolved to steps), seed.
+
+    Schedule comes right after optimizer because a trial pack (one vectorized model) shares
+    optimizer and schedule: the trials a worker can pack together are neighbours in grid order,
+    which is the order they are queued and claimed in.
+    """
     assert spec.budget is not None  # filled in by validation
     common = {
         "workload": spec.workload,
@@ -299,40 +490,86 @@ def expand_grid(spec: StudySpec) -> list[TrialConfig]:
         "eps": spec.eps,
         "weight_decay": spec.weight_decay,
     }
+    warmups = spec.resolved_warmup_steps()
+    lrs = spec.lr.values()
     configs: list[TrialConfig] = []
     for optimizer in spec.optimizers:
         beta3s: list[float | None] = list(spec.beta3) if optimizer in BOUNDED_OPTIMIZERS else [None]
-        for lr in spec.lr.values():
-            for beta3 in beta3s:
-                for warmup in spec.warmup_steps:
-                    for seed in range(spec.seeds):
-                        # model_construct: every field was validated as part of the spec already,
-                        # and a 5000-trial grid must expand in milliseconds.
-                        configs.append(
-                            TrialConfig.model_construct(
-                                optimizer=optimizer,
-                                lr=lr,
-                                beta3=beta3,
-                                warmup_steps=warmup,
-                                seed=seed,
-                                workload_config=copy.deepcopy(spec.workload_config),
-                                **common,
+        for schedule in spec.schedule:
+            for lr in lrs:
+                for beta3 in beta3s:
+                    for warmup in warmups:
+                        for seed in range(spec.seeds):
+                            # model_construct: every field was validated as part of the spec
+                            # already, and a 5000-trial grid must expand in milliseconds.
+                            configs.append(
+                                TrialConfig.model_construct(
+                                    optimizer=optimizer,
+                                    lr=lr,
+                                    beta3=beta3,
+                                    warmup_steps=warmup,
+                                    schedule=schedule,
+                                    seed=seed,
+                                    workload_config=copy.deepcopy(spec.workload_config),
+                                    **common,
+                                )
                             )
-                        )
     return configs
 
 
-def load_spec(path: str | Path, *, max_trials: int = DEFAULT_MAX_TRIALS) -> StudySpec:
-    """Read and validate a StudySpec from a YAML (or JSON) file."""
+# YAML 1.2 / JSON floats: an optional sign, digits with an optional fraction, or a fraction alone,
+# then an optional exponent; and .inf / .nan as YAML 1.1 spells them (validation rejects those).
+_YAML_FLOAT = re.compile(
+    r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+    |[-+]?\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""",
+    re.X,
+)
+
+
+@functools.cache
+def _spec_yaml_loader() -> type:
+    """PyYAML's safe loader, reading floats as YAML 1.2 and JSON do.
+
+    PyYAML follows YAML 1.1, where `1e-8` (no dot) is a string: with strict number fields that
+    would make `eps: 1e-8` an error in a spec file although it is a number everywhere else.
+    """
+    import yaml
+
+    class SpecLoader(yaml.SafeLoader):
+        pass
+
+    # Resolvers are looked up by first character; replace the float resolver for those.
+    resolvers = {
+        key: [(tag, regexp) for tag, regexp in entries if tag != "tag:yaml.org,2002:float"]
+        for key, entries in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+    SpecLoader.yaml_implicit_resolvers = resolvers
+    SpecLoader.add_implicit_resolver("tag:yaml.org,2002:float", _YAML_FLOAT, list("-+0123456789."))
+    return SpecLoader
+
+
+def read_spec_file(path: str | Path) -> Any:
+    """The data of a YAML (or JSON) spec file, numbers read as JSON reads them (`1e-8` too).
+
+    Raises FileNotFoundError when there is no such file and ValueError when it is not YAML.
+    """
     import yaml
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"spec file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=_spec_yaml_loader())
     except yaml.YAMLError as exc:
         raise ValueError(f"spec file {path} is not valid YAML: {exc}") from exc
+
+
+def load_spec(path: str | Path, *, max_trials: int = DEFAULT_MAX_TRIALS) -> StudySpec:
+    """Read and validate a StudySpec from a YAML (or JSON) file."""
+    data = read_spec_file(path)
     if not isinstance(data, dict):
         raise ValueError(f"spec file {path} must hold a mapping of StudySpec fields")
     return StudySpec.model_validate(data, context={"max_trials": max_trials})

@@ -183,7 +183,7 @@ def distributions_for_spec(spec: dict[str, Any]) -> dict[str, Any]:
     """Optuna distributions of the grid axes of a normalized StudySpec dict."""
     from optuna.distributions import CategoricalDistribution, FloatDistribution
 
-    from studies.spec import BOUNDED_OPTIMIZERS, LrGrid
+    from studies.spec import BOUNDED_OPTIMIZERS, LrGrid, resolve_warmup
 
     lrs = LrGrid.model_validate(spec["lr"]).values()
     optimizers = list(spec["optimizers"])
@@ -192,13 +192,21 @@ def distributions_for_spec(spec: dict[str, Any]) -> dict[str, Any]:
         beta3.extend(float(b) for b in spec["beta3"])
     if any(o not in BOUNDED_OPTIMIZERS for o in optimizers):
         beta3.append(None)  # Adam and friends have no beta3
-    return {
+    # The spec keeps "auto" as written; trials carry the resolved number of steps.
+    beta2 = float(spec.get("betas", (0.9, 0.999))[1])
+    distributions = {
         "lr": FloatDistribution(min(lrs), max(lrs), log=True),
         "optimizer": CategoricalDistribution(optimizers),
         "beta3": CategoricalDistribution(beta3),
-        "warmup_steps": CategoricalDistribution([int(w) for w in spec["warmup_steps"]]),
+        "warmup_steps": CategoricalDistribution(
+            [resolve_warmup(w, beta2) for w in spec["warmup_steps"]]
+        ),
         "seed": CategoricalDistribution(list(range(int(spec["seeds"])))),
     }
+    if "schedule" in spec:
+        # Studies stored before schedules existed have none (and their trials no such param).
+        distributions["schedule"] = CategoricalDistribution(list(spec["schedule"]))
+    return distributions
 
 
 def create_optuna_study(url: str, study_id: int, spec: dict[str, Any]) -> StudyHandle:
