@@ -53,9 +53,18 @@ def _read_finished(path: Path) -> dict[str, dict[str, Any]]:
 
 
 def _record(config: TrialConfig, row: dict[str, Any]) -> TrialRecord:
+    """The analysis' record of one line of trials.jsonl (its result carries test loss, curve and
+    bound telemetry, as the worker's stored row does)."""
     result = row["result"] or {}
     return TrialRecord.from_params(
-        config.params(), state=row["state"], loss=result.get("loss"), loss0=result.get("loss0")
+        config.params(),
+        state=row["state"],
+        loss=result.get("loss"),
+        loss0=result.get("loss0"),
+        result=result,
+        curve=result.get("curve"),
+        bound_stats=result.get("bound_stats"),
+        error=row.get("error"),
     )
 
 

@@ -15,16 +15,53 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from torch import nn
 
 from studies.optimizers import build_optimizer
 from studies.spec import TrialConfig
+from studies.workloads.base import Problem
 from studies.workloads.registry import get_workload
 
-__all__ = ["MAX_BOUND_POINTS", "EvalPoint", "TrialResult", "resolve_device", "run_trial"]
+__all__ = [
+    "MAX_BOUND_POINTS",
+    "EvalPoint",
+    "PreparedTrial",
+    "TrialResult",
+    "lr_multiplier",
+    "prepare_trial",
+    "resolve_device",
+    "run_trial",
+]
 
 MAX_BOUND_POINTS = 200  # the per-step bound series is downsampled to at most this many points
 
 TrialState = Literal["completed", "diverged", "cancelled"]
+
+
+def lr_multiplier(step: int, *, warmup_steps: int, total_steps: int, schedule: str) -> float:
+    """The factor on the base lr at optimizer step `step` (1-based: step 1 is the first update).
+
+    Linear warmup first: step / warmup_steps for steps 1 .. warmup_steps (so the last warmup step
+    trains at the full lr). Then `constant` keeps 1; `cosine` decays as
+    0.5 * (1 + cos(pi * (step - warmup_steps) / (total_steps - warmup_steps))), continuous with
+    the end of warmup and exactly 0 at the budget's last step, `total_steps` (ROBUSTNESS.md:
+    "cosine decay to 0 over the budget, after any warmup"). A pure function of plain numbers, so
+    that every training loop (one trial, or a pack of trials with different warmups and
+    schedules) computes the same lr at the same step.
+
+    Worked case, warmup 2 of 6 steps, cosine: 0.5, 1, 0.854, 0.5, 0.146, 0.
+    """
+    if warmup_steps and step <= warmup_steps:
+        return step / warmup_steps  # exactly the v1 warmup, so stored results stay comparable
+    if schedule == "constant":
+        return 1.0
+    if schedule == "cosine":
+        span = total_steps - warmup_steps
+        if span <= 0:
+            return 1.0  # the budget is all warmup: nothing left to decay over
+        progress = min(1.0, max(0.0, (step - warmup_steps) / span))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    raise ValueError(f"unknown schedule {schedule!r}; expected constant or cosine")
 
 
 @dataclass
@@ -52,6 +89,10 @@ class TrialResult:
     duration_s: float
     device: str
     torch_version: str
+    # On the workload's held-out test split, once at the end of a completed trial; None when the
+    # workload has no test split, or the trial diverged or was cancelled.
+    test_loss: float | None = None
+    test_accuracy: float | None = None
     extras: dict[str, Any] = field(default_factory=dict)  # facts from the workload (data, sizes)
 
     def to_dict(self) -> dict[str, Any]:
@@ -121,13 +162,29 @@ def _summarize_bounds(stats: dict[str, list[float]]) -> dict[str, Any]:
     return _json_safe({"summary": summary, "series": series, "n_steps": n})
 
 
-def run_trial(
-    config: TrialConfig,
-    device: str | torch.device = "cpu",
-    report: Callable[[EvalPoint], bool | None] | None = None,
-) -> TrialResult:
-    """Train one grid point; report each evaluation; stop on divergence or when report says so."""
-    started = time.perf_counter()
+@dataclass
+class PreparedTrial:
+    """A trial set up and not yet trained: what a seed gives, before the first step.
+
+    The report pairs trials by seed (seed s: the same initial parameters and data order for every
+    optimizer, lr, warmup and schedule); this is the object a test inspects to prove it.
+    """
+
+    config: TrialConfig
+    device: torch.device
+    problem: Problem
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    total_steps: int
+
+
+def prepare_trial(config: TrialConfig, device: str | torch.device = "cpu") -> PreparedTrial:
+    """Seed every generator, build the workload's problem, the optimizer and the step budget.
+
+    Order matters for pairing: seeding, then the problem (model initialization draws from the
+    seeded generator), then the optimizer (which draws nothing), so nothing that differs between
+    the configs of one seed runs before the model and the data exist.
+    """
     dev = resolve_device(device)
     workload = get_workload(config.workload)
     workload_config = workload.config_model.model_validate(config.workload_config)
@@ -136,6 +193,26 @@ def run_trial(
     model = problem.model
     total_steps = config.budget.total_steps(problem.steps_per_epoch)
     optimizer = build_optimizer(config, model.parameters())
+    return PreparedTrial(
+        config=config,
+        device=dev,
+        problem=problem,
+        model=model,
+        optimizer=optimizer,
+        total_steps=total_steps,
+    )
+
+
+def run_trial(
+    config: TrialConfig,
+    device: str | torch.device = "cpu",
+    report: Callable[[EvalPoint], bool | None] | None = None,
+) -> TrialResult:
+    """Train one grid point; report each evaluation; stop on divergence or when report says so."""
+    started = time.perf_counter()
+    prepared = prepare_trial(config, device)
+    dev, problem, model = prepared.device, prepared.problem, prepared.model
+    optimizer, total_steps = prepared.optimizer, prepared.total_steps
 
     model.eval()
     first = problem.evaluate(model)
@@ -146,7 +223,7 @@ def run_trial(
         )
 
     base_lrs = [group["lr"] for group in optimizer.param_groups]
-    warmup = config.warmup_steps
+    applied = 1.0  # the multiplier the param groups hold now
     curve: list[EvalPoint] = []
     state: TrialState = "completed"
     step, epoch = 0, 0
@@ -155,11 +232,16 @@ def run_trial(
     while step < total_steps and state == "completed":
         for batch in problem.train_batches(epoch):
             step += 1
-            if warmup and step <= warmup + 1:
-                # Linear warmup: lr * step / warmup for steps 1..warmup, then the base lr.
-                scale = min(1.0, step / warmup)
+            scale = lr_multiplier(
+                step,
+                warmup_steps=config.warmup_steps,
+                total_steps=total_steps,
+                schedule=config.schedule,
+            )
+            if scale != applied:
                 for group, base in zip(optimizer.param_groups, base_lrs, strict=True):
                     group["lr"] = base * scale
+                applied = scale
             optimizer.zero_grad(set_to_none=True)
             loss = problem.loss_fn(model, batch)
             loss_value = float(loss.detach())  # one host sync per step: divergence stops here
@@ -195,6 +277,16 @@ def run_trial(
                 break
         epoch += 1
 
+    test_loss = test_accuracy = None
+    if state == "completed" and problem.evaluate_test is not None:
+        # Once, at the end, and never for selection: the report picks the best lr on validation
+        # loss and shows the test loss there (ROBUSTNESS.md, "Per trial").
+        model.eval()
+        test = problem.evaluate_test(model)
+        test_loss = float(test["loss"])
+        if test.get("accuracy") is not None:
+            test_accuracy = float(test["accuracy"])
+
     bound_stats = None
     if hasattr(optimizer, "bound_stats"):
         bound_stats = _summarize_bounds(optimizer.bound_stats())
@@ -212,5 +304,7 @@ def run_trial(
         duration_s=time.perf_counter() - started,
         device=str(dev),
         torch_version=torch.__version__,
+        test_loss=test_loss,
+        test_accuracy=test_accuracy,
         extras=dict(problem.extras),
     )
