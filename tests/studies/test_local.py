@@ -126,7 +126,8 @@ def test_presets_are_valid(preset: str) -> None:
 
 def test_quick_preset_is_the_promised_grid() -> None:
     spec = load_spec(PRESETS / "quick.yaml")
-    assert (spec.workload, spec.optimizers, spec.seeds) == ("digits_mlp", ["adam", "adamod"], 2)
+    assert (spec.workload, spec.optimizers, spec.seeds) == ("digits_mlp", ["adam", "adamod"], 6)
+    assert all(load_spec(p).seeds >= 6 for p in PRESETS.glob("*.yaml"))  # paired p <= 0.05
     assert len(spec.lr.values()) == 7 and len(spec.beta3) == 2
     transformer = load_spec(PRESETS / "transformer_warmup.yaml")
     assert 0 in transformer.warmup_steps and max(transformer.warmup_steps) >= 100
