@@ -155,13 +155,16 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _load_spec(path: Path) -> dict[str, Any]:
-    import yaml
+    from studies.spec import read_spec_file
 
     try:
-        data = yaml.safe_load(path.read_text())
+        # The same reader as `python -m studies`: `eps: 1e-8` is a number there, not a string.
+        data = read_spec_file(path)
+    except FileNotFoundError:
+        raise SystemExit(f"adamod-lab: cannot read {path}: no such file") from None
     except OSError as exc:
         raise SystemExit(f"adamod-lab: cannot read {path}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
+    except ValueError as exc:
         raise SystemExit(f"adamod-lab: {path} is not valid YAML/JSON: {exc}") from None
     if not isinstance(data, dict):
         raise SystemExit(f"adamod-lab: {path} must hold a mapping (a StudySpec)")

@@ -20,12 +20,12 @@ STUDY_SPEC_EXAMPLE: dict[str, Any] = {
     "lr": {"min": 1e-4, "max": 1e-1, "points": 7},
     "beta3": [0.99, 0.999],
     "warmup_steps": [0],
-    "seeds": 3,
+    "seeds": 6,
     "budget": {"epochs": 5},
 }
 STUDY_SPEC_EXAMPLES: dict[str, dict[str, Any]] = {
     "digits": {
-        "summary": "Adam vs AdaMod on digits, 7 learning rates, 2 values of beta3, 3 seeds",
+        "summary": "Adam vs AdaMod on digits, 7 learning rates, 2 values of beta3, 6 seeds",
         "value": STUDY_SPEC_EXAMPLE,
     },
     "explicit_lrs": {
@@ -38,6 +38,25 @@ STUDY_SPEC_EXAMPLES: dict[str, dict[str, Any]] = {
             "warmup_steps": [0, 100],
             "seeds": 2,
             "budget": {"steps": 500},
+        },
+    },
+    "schedules": {
+        "summary": (
+            "Adam-family optimizers, no warmup vs the untuned 'auto' warmup (2 / (1 - beta2) = "
+            "200 steps at beta2 0.99), constant vs cosine schedule, Adam as the reference"
+        ),
+        "value": {
+            "name": "transformer-warmup-schedules",
+            "workload": "tiny_transformer",
+            "optimizers": ["adam", "adamod", "radam", "nadamw"],
+            "reference": "adam",
+            "lr": {"min": 3e-4, "max": 3e-2, "points": 5},
+            "beta3": [0.999],
+            "warmup_steps": [0, "auto"],
+            "schedule": ["constant", "cosine"],
+            "betas": [0.9, 0.99],
+            "seeds": 6,
+            "budget": {"steps": 800},
         },
     },
 }
@@ -79,9 +98,9 @@ class StudyOut(BaseModel):
                     "name": "digits-lr-robustness",
                     "status": "running",
                     "spec": STUDY_SPEC_EXAMPLE,
-                    "n_trials": 63,
+                    "n_trials": 126,
                     "progress": {
-                        "total": 63, "queued": 40, "running": 2, "completed": 20,
+                        "total": 126, "queued": 100, "running": 2, "completed": 23,
                         "diverged": 1, "failed": 0, "cancelled": 0,
                     },
                     "created_at": "2026-01-01T12:00:00Z",
@@ -117,7 +136,9 @@ class TrialOut(BaseModel):
 
     id: int
     number: int = Field(description="Position of the trial in the study's grid (0-based).")
-    params: dict[str, Any] = Field(description="optimizer, lr, beta3, warmup_steps, seed.")
+    params: dict[str, Any] = Field(
+        description="optimizer, lr, beta3, warmup_steps (in steps), schedule, seed."
+    )
     state: TrialState
     value: float | None = Field(default=None, description="Final validation loss.")
     loss0: float | None = Field(default=None, description="Validation loss before step 1.")
