@@ -1,4 +1,4 @@
-"""`python -m studies`: run a study locally, validate a spec, list the workloads."""
+"""`python -m studies`: run a study locally, validate a spec, list the workloads, compare runs."""
 
 from __future__ import annotations
 
@@ -33,7 +33,84 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("spec")
     check.add_argument("--max-trials", type=int, default=DEFAULT_MAX_TRIALS)
     sub.add_parser("workloads", help="list the registered workloads")
+    compare = sub.add_parser(
+        "compare",
+        help="compare several run folders (one study per workload): table and performance profiles",
+    )
+    compare.add_argument(
+        "dirs", nargs="+", metavar="DIR", help="folders written by `run` (each with report.json)"
+    )
+    compare.add_argument(
+        "--out", default="compare", help="folder for compare.json, profiles.png, compare.html"
+    )
     return parser
+
+
+def _read_report(directory: str) -> dict:
+    """DIR/report.json as a dict; ValueError naming the folder when it is missing or not one."""
+    from pathlib import Path
+
+    path = Path(directory) / "report.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(
+            f"{directory}: no report.json (run `python -m studies run` first)"
+        ) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{directory}: cannot read report.json: {exc}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("configs"), list):
+        raise ValueError(f"{directory}: report.json is not a study report (no configs list)")
+    return data
+
+
+def _compare(dirs: Sequence[str], out: str) -> int:
+    """`compare`: reads every DIR/report.json, writes the comparison's three files into `out`."""
+    import re
+    from pathlib import Path
+
+    from studies.compare import compare_reports
+    from studies.compare_render import render_compare_html, render_profiles
+
+    if len(dirs) < 2:
+        print("error: compare needs at least 2 run folders", file=sys.stderr)
+        return 2
+    try:
+        reports = [_read_report(d) for d in dirs]
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        comparison = compare_reports(reports)
+    except ValueError as exc:
+        message = str(exc)
+        which = re.match(r"reports\[(\d+)\]", message)  # name the folder, not the list index
+        if which is not None and int(which.group(1)) < len(dirs):
+            message = f"{dirs[int(which.group(1))]}: report.json: {message}"
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+    out_dir = Path(out)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        files = {
+            "compare.json": json.dumps(comparison.model_dump(mode="json"), indent=2),
+            "profiles.png": render_profiles(comparison),
+            "compare.html": render_compare_html(comparison),
+        }
+        for name, content in files.items():
+            path = out_dir / name
+            if isinstance(content, bytes):
+                path.write_bytes(content)
+            else:
+                path.write_text(content, encoding="utf-8")
+    except OSError as exc:
+        print(f"error: cannot write to {out_dir}: {exc}", file=sys.stderr)
+        return 1
+    for note in comparison.notes:
+        print(f"note: {note}")
+    for name in files:
+        print(f"{name}: {out_dir / name}")
+    return 0
 
 
 def _print_validation_error(path: str, exc: ValidationError) -> None:
@@ -53,6 +130,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             budget = w.default_budget.model_dump(exclude_none=True)
             print(f"{w.name:18} default budget {json.dumps(budget):16} {w.description}")
         return 0
+    if args.command == "compare":
+        return _compare(args.dirs, args.out)
     if args.max_trials < 1:
         print("error: --max-trials must be >= 1", file=sys.stderr)
         return 2
