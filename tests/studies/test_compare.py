@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
+import studies
 from studies.__main__ import main
 from studies.compare import (
     TAU_POINTS,
@@ -24,6 +26,8 @@ from studies.compare import (
     trapezoid_area,
 )
 from studies.compare_render import render_compare_html, render_profiles
+from studies.spec import load_spec
+from studies.workloads import list_workloads
 
 # --------------------------------------------------------------------------- factories
 
@@ -443,3 +447,32 @@ def test_cli_compare_bad_directories_exit_2_naming_them(
     if problem in ("missing", "not json", "not a report"):
         assert str(bad) in err
     assert not (tmp_path / "out" / "compare.json").exists()
+
+
+# --------------------------------------------------------------------------- the CPU suite
+
+SUITE = Path(studies.__file__).parent / "presets" / "suite_cpu"
+SUITE_FILES = sorted(p.name for p in SUITE.glob("*.yaml"))
+
+
+def test_the_cpu_suite_is_four_workloads_on_one_grid() -> None:
+    specs = [yaml.safe_load((SUITE / name).read_text(encoding="utf-8")) for name in SUITE_FILES]
+    assert sorted(s["workload"] for s in specs) == [
+        "digits_mlp", "mnist1d", "quadratic", "tiny_transformer"
+    ]  # fmt: skip
+    # Identical optimizer axes, so every configuration is in every study (all of them profiled).
+    axes = {(tuple(s["optimizers"]), tuple(s["beta3"]), tuple(s["warmup_steps"]),
+             tuple(s["schedule"]), s["seeds"]) for s in specs}  # fmt: skip
+    assert axes == {(("adam", "adamod"), (0.999, 0.99), (0,), ("constant",), 6)}
+    assert "python -m studies compare runs/suite/*" in (SUITE / SUITE_FILES[0]).read_text()
+
+
+@pytest.mark.parametrize("name", SUITE_FILES)
+def test_cpu_suite_presets_are_valid(name: str) -> None:
+    workload = yaml.safe_load((SUITE / name).read_text(encoding="utf-8"))["workload"]
+    if workload not in {w.name for w in list_workloads()}:
+        pytest.skip(f"workload {workload!r} is not registered yet")
+    spec = load_spec(SUITE / name)
+    lrs = spec.lr.values()
+    assert len(lrs) == 7 and math.log10(max(lrs) / min(lrs)) >= 3 - 1e-9
+    assert spec.n_trials == 3 * 7 * 6
