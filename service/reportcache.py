@@ -29,11 +29,6 @@ def report_version(view: Any) -> tuple:
     return (view.status, *(int(progress.get(k, 0)) for k in sorted(progress)))
 
 
-def is_complete(view: Any) -> bool:
-    """A report is final once no trial of the study is queued or running."""
-    return int(view.progress.get("queued", 0)) == 0 and int(view.progress.get("running", 0)) == 0
-
-
 class ReportCache:
     """Builds reports from stored records at most once per study progress."""
 
@@ -73,7 +68,7 @@ class ReportCache:
         from studies.report import build_report
 
         records = load_records(db, view.id) or []
-        report = build_report(records, complete=is_complete(view))
+        report = build_report(records, spec=view.spec, status=view.status)
         payload = json_safe(report.model_dump(mode="json"))
         json_bytes = json.dumps(payload, allow_nan=False, separators=(",", ":")).encode()
         return CachedReport(version=version, report=report, json_bytes=json_bytes, title=view.name)
@@ -87,9 +82,11 @@ class ReportCache:
         return entry.plots[name]
 
     def html(self, entry: CachedReport) -> str:
-        """The self-contained HTML page of ``entry``, rendered once."""
+        """The self-contained HTML page of ``entry``, rendered once, with the cached figures."""
         if entry.html is None:
             from studies.html import render_html
+            from studies.plots import PLOT_NAMES
 
-            entry.html = render_html(entry.report, entry.title)
+            figures = {name: self.plot(entry, name) for name in PLOT_NAMES}
+            entry.html = render_html(entry.report, entry.title, figures=figures)
         return entry.html

@@ -69,14 +69,23 @@ def _record(config: TrialConfig, row: dict[str, Any]) -> TrialRecord:
 
 
 def write_report(
-    records: list[TrialRecord], out_dir: Path, title: str, *, complete: bool = True
+    records: list[TrialRecord],
+    out_dir: Path,
+    title: str,
+    *,
+    spec: dict[str, Any] | None = None,
+    status: str | None = None,
 ) -> dict[str, Path]:
-    """Write report.json, the PNG figures and report.html for these records; returns the paths."""
+    """Write report.json, the PNG figures and report.html for these records; returns the paths.
+
+    `records` are every trial of the study (failed ones too: the report lists them); `status`
+    is derived from their states when None.
+    """
     from studies.html import render_html
     from studies.plots import PLOT_NAMES, render_plot
     from studies.report import build_report
 
-    report = build_report(records, complete=complete)
+    report = build_report(records, spec=spec, status=status)
     files: dict[str, Path] = {}
     path = out_dir / "report.json"
     path.write_text(json.dumps(report.model_dump(mode="json"), indent=2), encoding="utf-8")
@@ -154,7 +163,7 @@ def run_study(
             )
     bar.close()
 
-    records = [_record(config, row) for config, row in rows if row["state"] != "failed"]
+    records = [_record(config, row) for config, row in rows]
     files = {"spec.json": out / "spec.json", TRIALS_FILE: trials_path}
-    files.update(write_report(records, out, spec.name))
+    files.update(write_report(records, out, spec.name, spec=spec.model_dump(mode="json")))
     return LocalRun(out_dir=out, files=files, counts=counts, reused=reused)

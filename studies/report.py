@@ -1,4 +1,9 @@
-"""build_report: the robustness report of ROBUSTNESS.md computed from trial records (pure)."""
+"""build_report: the robustness report v2 (ROBUSTNESS.md, docs/REPORT.md) from trial records.
+
+Pure: records in, a pydantic Report out; partial data gives a partial report, never an error.
+The pieces live in studies/analysis (tables → curves → paired comparisons); this module chooses
+the reference and the target, assembles the sections and writes the headline.
+"""
 
 from __future__ import annotations
 
@@ -8,158 +13,144 @@ from typing import Any
 
 import numpy as np
 
+from studies.analysis.curves import config_report
 from studies.analysis.models import (
-    AdamComparison,
+    BestVsBest,
     BudgetCurve,
+    Comparison,
     ConfigReport,
-    CurvePoint,
-    Interval,
+    Failure,
     Report,
     Surface,
+    Target,
     WarmupComparison,
     WarmupEntry,
-    WarmupPair,
 )
-from studies.analysis.stats import (
-    GOOD_GAP,
-    bootstrap_indices,
-    bootstrap_lr_sensitivity,
-    budget_ks,
-    expected_best_of_k,
-    good_lr_run,
-    lr_sensitivity,
-    lr_sensitivity_norm,
-    nan_quantiles,
-    normalized_gaps,
-    paired_deltas,
-    percentile_interval,
-    seed_spread,
-    wilcoxon_p,
-)
+from studies.analysis.names import config_label, display_name, warmup_words
+from studies.analysis.paired import adjust_holm, best_vs_best, compare
+from studies.analysis.stats import GOOD_GAP, N_BOOTSTRAP, budget_ks, expected_best_of_k
 from studies.analysis.tables import (
+    ADAM_FAMILY,
     BOUNDED,
-    ConfigKey,
     ConfigTable,
-    align_seeds,
     group_records,
     optimizer_rank,
 )
 
 __all__ = [
-    "BASELINE",
-    "GOOD_GAP",
-    "MAX_BOOTSTRAP",
+    "DEFINITIONS",
     "Report",
-    "build_budget",
-    "build_comparisons",
     "build_report",
-    "build_surfaces",
-    "build_warmup",
-    "config_report",
+    "config_label",
     "display_name",
-    "expected_best_of_k",
-    "good_lr_run",
-    "lr_sensitivity",
-    "lr_sensitivity_norm",
-    "seed_spread",
-    "wilcoxon_p",
+    "reference_optimizer",
 ]
 
-#: The optimizer every other one is compared with.
-BASELINE = "adam"
-#: Upper bound on bootstrap resamples: memory grows as lrs × resamples × seeds per configuration.
+#: Upper bound on bootstrap resamples (memory grows as resamples × seeds per comparison).
 MAX_BOOTSTRAP = 100_000
-_NAMES = {"adam": "Adam", "adamw": "AdamW", "adamod": "AdaMod", "diffmod": "DiffMod", "sgd": "SGD"}
+_STATES = ("completed", "diverged", "failed", "cancelled", "queued", "running")
+STUDY_STATUSES = ("queued", "running", "completed", "cancelled", "failed")
+
+#: What the numbers mean, in short (docs/REPORT.md has the whole text).
+DEFINITIONS = {
+    "L": "capped validation loss min(loss, loss0); a diverged trial has L = loss0",
+    "result": "a completed or diverged trial; failed, cancelled and pending trials are not",
+    "best_loss": "L*: the lowest median L over seeds along the lr grid (ties: the smaller lr)",
+    "lr_sensitivity_norm": "mean over the grid of (median L − L*) / (loss0 − L*), in [0, 1]",
+    "good_lr_decades": (
+        f"width in decades of the interval around the best lr where (L − L*)/(loss0 − L*) ≤ "
+        f"{GOOD_GAP:g}, edges interpolated linearly in log10 lr; open where it reaches the grid end"
+    ),
+    "target": "spec target_loss, else L*_ref + 0.1·(loss0_ref − L*_ref) of the reference",
+    "steps_to_target": "first evaluation step with validation loss ≤ target; median over seeds",
+    "per_seed_d": (
+        "per seed: normalized lr sensitivity of the challenger minus the reference's, each on "
+        "that seed's common grid with its own L*"
+    ),
+    "p": (
+        "two-sided paired sign-flip permutation test of the mean over seeds: exact over all 2^n "
+        "sign vectors for n ≤ 16, else 100,000 random ones"
+    ),
+    "underpowered": "the smallest possible p with n seeds, 2/2^n, exceeds 0.05 (needs ≥ 6 seeds)",
+    "intervals": "95% t-interval and percentile bootstrap (10,000 resamples) from ≥ 5 seeds only",
+    "per_lr": (
+        "wins / ties / both failed to learn (both diverged or both at loss0) / losses over "
+        "seeds; p_holm: Holm-adjusted over every per-lr test of the report"
+    ),
+    "common_support": "only (lr, seed) cells where both sides have a result; others listed",
+    "reference": "adamw when weight_decay > 0, else adam, unless the spec names one",
+    "best_vs_best": "each configuration at its own best lr vs the reference at its best lr",
+    "budget": "expected best L of k (lr, seed) trials drawn without replacement (Tang et al.)",
+}
 
 
-def display_name(optimizer: str) -> str:
-    """How an optimizer is written for people (AdaMod, not adamod)."""
-    return _NAMES.get(optimizer, optimizer)
+def reference_optimizer(spec: dict[str, Any] | None) -> tuple[str, str]:
+    """The reference optimizer and why: the spec's `reference`, else AdamW with decay, else Adam."""
+    spec = spec or {}
+    if spec.get("reference"):
+        return str(spec["reference"]), "named by the spec"
+    wd = spec.get("weight_decay") or 0.0
+    if isinstance(wd, int | float) and wd > 0:
+        return "adamw", f"weight_decay = {wd:g} > 0: AdaMod's decay is decoupled, as AdamW's"
+    return "adam", "no weight decay"
 
 
-def config_label(optimizer: str, beta3: float | None, warmup_steps: int) -> str:
-    """A short human label of a configuration, e.g. 'AdaMod β3=0.999, warmup 0'."""
-    name = display_name(optimizer)
-    if beta3 is not None:
-        name += f" β3={beta3:g}"
-    return f"{name}, warmup {warmup_steps}"
+def _counts(records: Sequence[Any]) -> dict[str, int]:
+    counts = dict.fromkeys(_STATES, 0)
+    for r in records:
+        counts[r.state] = counts.get(r.state, 0) + 1
+    counts["total"] = len(records)
+    return counts
 
 
-def _fmt(x: float | None, digits: int = 3) -> str:
-    """A number for a sentence; 'n/a' for None."""
-    return "n/a" if x is None else f"{x:.{digits}g}"
+def _derive_status(counts: dict[str, int]) -> str:
+    if counts.get("queued", 0) or counts.get("running", 0):
+        return "running"
+    if counts.get("cancelled", 0):
+        return "cancelled"
+    if counts.get("failed", 0) and not (counts["completed"] or counts["diverged"]):
+        return "failed"
+    return "completed"
 
 
-def _warmup_words(steps: int) -> str:
-    """'no warmup' or 'N warmup steps'."""
-    return "no warmup" if steps == 0 else f"{steps} warmup steps"
+def _target(
+    spec: dict[str, Any] | None, ref_configs: Sequence[ConfigReport]
+) -> tuple[float | None, str, str | None]:
+    """(target loss, source, reference configuration label) per ROBUSTNESS.md "The target"."""
+    given = (spec or {}).get("target_loss")
+    if isinstance(given, int | float) and not isinstance(given, bool) and math.isfinite(given):
+        return float(given), "spec", None
+    candidates = [c for c in ref_configs if c.loss0 is not None]
+    if not candidates:
+        return None, "none", None
+    best = min(candidates, key=lambda c: c.best_loss)  # first on ties: presentation order
+    assert best.loss0 is not None
+    return best.best_loss + GOOD_GAP * (best.loss0 - best.best_loss), "reference", best.label
 
 
-def _good_range(x: float | None) -> str:
-    """good_lr_decades for a sentence: 'good over 1.5 decades of lr'."""
-    if x is None:
-        return "no lr made progress"
-    return f"good over {x:.2g} decade{'' if x == 1 else 's'} of lr"
-
-
-# --------------------------------------------------------------------------- per configuration
-
-
-def config_report(table: ConfigTable) -> ConfigReport:
-    """Curve, best, lr_sensitivity (and normalized), good_lr_decades, divergence, seed spread."""
-    p25, med, p75 = nan_quantiles(table.values, [0.25, 0.5, 0.75], axis=1)
-    n_seeds = np.sum(~np.isnan(table.values), axis=1)
-    best_i = int(np.argmin(med))  # first minimum: the smallest lr on ties
-    best = float(med[best_i])
-    sens = float(lr_sensitivity(med))
-    run = good_lr_run(table.lrs.tolist(), normalized_gaps(med, table.loss0))
-    key = table.key
-    n_div = int(table.n_diverged.sum())
-    curve = [
-        CurvePoint(
-            lr=float(lr),
-            median=float(m),
-            p25=float(a),
-            p75=float(b),
-            n_seeds=int(n),
-            n_diverged=int(d),
-        )
-        for lr, m, a, b, n, d in zip(
-            table.lrs, med, p25, p75, n_seeds, table.n_diverged, strict=True
-        )
-    ]
-    return ConfigReport(
-        optimizer=key.optimizer,
-        beta3=key.beta3,
-        warmup_steps=key.warmup_steps,
-        label=config_label(key.optimizer, key.beta3, key.warmup_steps),
-        curve=curve,
-        best_loss=best,
-        best_lr=float(table.lrs[best_i]),
-        loss0=table.loss0,
-        lr_sensitivity=sens,
-        lr_sensitivity_norm=lr_sensitivity_norm(sens, table.loss0, best),
-        good_lr_decades=None if run is None else math.log10(run[1] / run[0]),
-        good_lr_range=run,
-        divergence_rate=n_div / table.n_trials,
-        seed_spread=seed_spread(p25, p75),
-        n_trials=table.n_trials,
-        n_diverged=n_div,
-    )
-
-
-# --------------------------------------------------------------------------- surfaces and warmup
+def _environment(records: Sequence[Any], extra: dict[str, Any] | None) -> dict[str, Any]:
+    torch_versions = sorted({r.torch_version for r in records if getattr(r, "torch_version", None)})
+    devices = sorted({r.device for r in records if getattr(r, "device", None)})
+    data: dict[str, list[Any]] = {}
+    for r in records:
+        for k, v in (getattr(r, "data", None) or {}).items():
+            if v not in data.setdefault(k, []):
+                data[k].append(v)
+    env: dict[str, Any] = {"torch": torch_versions, "devices": devices, "data": data}
+    env.update(extra or {})
+    return env
 
 
 def build_surfaces(configs: Sequence[ConfigReport]) -> list[Surface]:
-    """lr × β3 grids of median capped loss, one per bounded optimizer and warmup value."""
-    groups: dict[tuple[str, int], list[ConfigReport]] = {}
+    """lr × β3 grids of median L, one per bounded optimizer, warmup and schedule."""
+    groups: dict[tuple[str, int, str], list[ConfigReport]] = {}
     for c in configs:
         if c.optimizer in BOUNDED and c.beta3 is not None:
-            groups.setdefault((c.optimizer, c.warmup_steps), []).append(c)
+            groups.setdefault((c.optimizer, c.warmup_steps, c.schedule), []).append(c)
     out = []
-    ordered = sorted(groups.items(), key=lambda kv: (optimizer_rank(kv[0][0]), kv[0][1]))
-    for (opt, warmup), cs in ordered:
+    for (opt, warmup, schedule), cs in sorted(
+        groups.items(), key=lambda kv: (optimizer_rank(kv[0][0]), kv[0][2], kv[0][1])
+    ):
         lrs = sorted({p.lr for c in cs for p in c.curve})
         beta3s = sorted({c.beta3 for c in cs if c.beta3 is not None})
         col = {lr: j for j, lr in enumerate(lrs)}
@@ -179,6 +170,7 @@ def build_surfaces(configs: Sequence[ConfigReport]) -> list[Surface]:
             Surface(
                 optimizer=opt,
                 warmup_steps=warmup,
+                schedule=schedule,
                 lrs=lrs,
                 beta3s=beta3s,
                 median_loss=grid,
@@ -190,287 +182,233 @@ def build_surfaces(configs: Sequence[ConfigReport]) -> list[Surface]:
     return out
 
 
+def _good_words(x: float | None) -> str:
+    return "no lr made progress" if x is None else f"good over {x:.2g} decades of lr"
+
+
 def build_warmup(configs: Sequence[ConfigReport]) -> list[WarmupComparison]:
-    """Metrics per warmup of every (optimizer, β3) run both with warmup 0 and with some > 0."""
-    groups: dict[tuple[str, float | None], list[ConfigReport]] = {}
+    """Per (optimizer, β3, schedule) run at several warmups: one entry per warmup."""
+    groups: dict[tuple[str, float | None, str], list[ConfigReport]] = {}
     for c in configs:
-        groups.setdefault((c.optimizer, c.beta3), []).append(c)
+        groups.setdefault((c.optimizer, c.beta3, c.schedule), []).append(c)
     out = []
-    for (opt, beta3), cs in groups.items():
-        warmups = {c.warmup_steps for c in cs}
-        if 0 not in warmups or max(warmups) == 0:
+    for (opt, beta3, schedule), cs in groups.items():
+        if len(cs) < 2:
             continue
         cs = sorted(cs, key=lambda c: c.warmup_steps)
         entries = [
             WarmupEntry(
                 warmup_steps=c.warmup_steps,
+                label=c.label,
                 best_loss=c.best_loss,
                 best_lr=c.best_lr,
-                lr_sensitivity=c.lr_sensitivity,
                 lr_sensitivity_norm=c.lr_sensitivity_norm,
                 good_lr_decades=c.good_lr_decades,
                 divergence_rate=c.divergence_rate,
+                implicit_warmup_steps=c.implicit_warmup_steps,
             )
             for c in cs
         ]
         name = display_name(opt) + ("" if beta3 is None else f" β3={beta3:g}")
         parts = [
-            f"{_warmup_words(e.warmup_steps)}: {_good_range(e.good_lr_decades)}, "
-            f"best L {_fmt(e.best_loss)}, "
-            f"{e.divergence_rate:.0%} diverged"
+            f"{warmup_words(e.warmup_steps)}: {_good_words(e.good_lr_decades)}, best L "
+            f"{e.best_loss:.3g}, {e.divergence_rate:.0%} diverged"
             for e in entries
         ]
         out.append(
             WarmupComparison(
                 optimizer=opt,
                 beta3=beta3,
+                schedule=schedule,
                 entries=entries,
-                summary=f"{name}: " + "; ".join(parts) + ".",
+                summary=f"{name} ({schedule} schedule): " + "; ".join(parts) + ".",
             )
         )
     return out
 
 
-# --------------------------------------------------------------------------- comparison with Adam
-
-
-class _BootstrapCache:
-    """Bootstrap replicates of lr_sensitivity per (configuration, seed set), computed once.
-
-    The resampling indices depend only on the number of seeds and the seed, so Adam's replicates
-    are shared by every comparison instead of being recomputed for each.
-    """
-
-    def __init__(self, n_bootstrap: int, seed: int) -> None:
-        self.n_bootstrap = n_bootstrap
-        self.seed = seed
-        self._idx: dict[int, np.ndarray] = {}
-        self._sens: dict[tuple[ConfigKey, bytes], np.ndarray] = {}
-
-    def sensitivities(self, table: ConfigTable, seeds: np.ndarray) -> np.ndarray:
-        """(n_bootstrap,) lr_sensitivity of `table` with its seed columns resampled over `seeds`."""
-        key = (table.key, seeds.tobytes())
-        if key not in self._sens:
-            if seeds.size not in self._idx:
-                self._idx[seeds.size] = bootstrap_indices(seeds.size, self.n_bootstrap, self.seed)
-            matrix = align_seeds(table, seeds)
-            self._sens[key] = bootstrap_lr_sensitivity(matrix, self._idx[seeds.size])
-        return self._sens[key]
-
-
-def _comparison(
-    key: tuple[str, float | None],
-    cand: dict[int, tuple[ConfigTable, ConfigReport]],
-    base: dict[int, tuple[ConfigTable, ConfigReport]],
-    boot: _BootstrapCache,
-) -> AdamComparison | None:
-    """Pairs on (lr, warmup, seed), Wilcoxon p and bootstrap CI of the lr_sensitivity difference."""
-    warmups = sorted(set(cand) & set(base))
-    if not warmups:
-        return None
-    seeds = np.unique(np.concatenate([t.seeds for w in warmups for t in (cand[w][0], base[w][0])]))
-    deltas = []
-    by_warmup = []
-    for w in warmups:
-        (tc, rc), (tb, rb) = cand[w], base[w]
-        mc, mb = align_seeds(tc, seeds), align_seeds(tb, seeds)
-        _, ic, ib = np.intersect1d(tc.lrs, tb.lrs, return_indices=True)
-        d = (mc[ic] - mb[ib]).ravel()
-        deltas.append(d[~np.isnan(d)])
-        by_warmup.append(
-            WarmupPair(
-                warmup_steps=w,
-                lr_sensitivity=rc.lr_sensitivity,
-                baseline_lr_sensitivity=rb.lr_sensitivity,
-                good_lr_decades=rc.good_lr_decades,
-                baseline_good_lr_decades=rb.good_lr_decades,
-                best_loss=rc.best_loss,
-                baseline_best_loss=rb.best_loss,
-            )
-        )
-    d = np.concatenate(deltas)
-    pairs, win_rate, median_delta = paired_deltas(d)
-    p = wilcoxon_p(d)
-    sens_delta = float(np.mean([x.lr_sensitivity - x.baseline_lr_sensitivity for x in by_warmup]))
-    # A seed-level interval needs at least two seeds that both optimizers ran; otherwise every
-    # resample repeats the same single pairing and the "interval" would be a point.
-    shared = np.intersect1d(
-        np.concatenate([cand[w][0].seeds for w in warmups]),
-        np.concatenate([base[w][0].seeds for w in warmups]),
-    )
-    ci = None
-    if shared.size >= 2 and boot.n_bootstrap > 0:
-        replicates = np.mean(
-            [
-                boot.sensitivities(cand[w][0], seeds) - boot.sensitivities(base[w][0], seeds)
-                for w in warmups
-            ],
-            axis=0,
-        )
-        ci = percentile_interval(replicates)
-    opt, beta3 = key
-    return AdamComparison(
-        optimizer=opt,
-        beta3=beta3,
-        baseline=BASELINE,
-        pairs=pairs,
-        win_rate=win_rate,
-        median_delta=median_delta,
-        wilcoxon_p=p,
-        lr_sensitivity_delta=sens_delta,
-        lr_sensitivity_delta_ci=None if ci is None else Interval(low=ci[0], high=ci[1]),
-        n_bootstrap=boot.n_bootstrap,
-        by_warmup=by_warmup,
-        summary=_comparison_summary(
-            opt, beta3, by_warmup[0], pairs, win_rate, median_delta, p, sens_delta, ci
-        ),
-    )
-
-
-def _comparison_summary(
-    opt: str,
-    beta3: float | None,
-    first: WarmupPair,
-    pairs: int,
-    win_rate: float | None,
-    median_delta: float | None,
-    p: float | None,
-    sens_delta: float,
-    ci: tuple[float, float] | None,
-) -> str:
-    """One plain-language sentence, e.g. 'AdaMod β3=0.999 vs Adam: good over 1.5 decades vs 0.5'."""
-    name = display_name(opt) + ("" if beta3 is None else f" β3={beta3:g}")
-    base = display_name(BASELINE)
-    text = (
-        f"{name} vs {base} ({_warmup_words(first.warmup_steps)}): "
-        f"{_good_range(first.good_lr_decades)} vs "
-        + (
-            f"{first.baseline_good_lr_decades:.2g} for {base}"
-            if first.baseline_good_lr_decades is not None
-            else f"none for {base} (no lr made progress)"
-        )
-    )
-    if pairs:
-        text += (
-            f"; lower capped loss in {win_rate:.0%} of {pairs} matched runs "
-            f"(median Δ {median_delta:+.3g}, Wilcoxon p {'n/a' if p is None else f'= {p:.2g}'})"
-        )
-    text += f"; lr sensitivity Δ {sens_delta:+.3g}"
-    if ci is not None:
-        text += f" (95% CI {ci[0]:+.3g} to {ci[1]:+.3g})"
-    return text + "."
-
-
-def build_comparisons(
-    tables: Sequence[ConfigTable],
-    configs: Sequence[ConfigReport],
-    *,
-    n_bootstrap: int,
-    seed: int,
-) -> list[AdamComparison]:
-    """Every other optimizer (per β3) against Adam, when both have trials at a common warmup."""
-    by_key: dict[tuple[str, float | None], dict[int, tuple[ConfigTable, ConfigReport]]] = {}
+def build_budget(
+    tables: Sequence[ConfigTable], configs: Sequence[ConfigReport]
+) -> list[BudgetCurve]:
+    """Per configuration: expected best L after k of its (lr, seed) trials (Tang et al. 2020)."""
+    out = []
     for t, c in zip(tables, configs, strict=True):
-        by_key.setdefault((t.key.optimizer, t.key.beta3), {})[t.key.warmup_steps] = (t, c)
-    base = by_key.get((BASELINE, None))
-    if base is None:
-        return []
-    out = []
-    boot = _BootstrapCache(n_bootstrap, seed)
-    for key, cand in by_key.items():
-        if key[0] == BASELINE:
-            continue
-        comp = _comparison(key, cand, base, boot)
-        if comp is not None:
-            out.append(comp)
-    return out
-
-
-# --------------------------------------------------------------------------- tuning budget
-
-
-def build_budget(configs: Sequence[ConfigReport]) -> list[BudgetCurve]:
-    """Per optimizer: expected best median capped loss after k grid points (lr, β3, warmup)."""
-    values: dict[str, list[float]] = {}
-    for c in configs:
-        values.setdefault(c.optimizer, []).extend(p.median for p in c.curve)
-    out = []
-    for opt, vs in values.items():
-        ks = budget_ks(len(vs))
+        values = t.loss[t.has_result]
+        ks = budget_ks(values.size, max_points=256)
+        if values.size > 256:
+            ks = sorted({int(k) for k in np.round(np.geomspace(1, values.size, 100))})
         out.append(
             BudgetCurve(
-                optimizer=opt,
-                n_configurations=len(vs),
+                label=c.label,
+                optimizer=c.optimizer,
+                n_trials=int(values.size),
                 k=ks,
-                expected_best=expected_best_of_k(vs, ks),
+                expected_best=expected_best_of_k(values.tolist(), ks),
             )
         )
     return out
 
 
-# --------------------------------------------------------------------------- the report
+def _comparisons(
+    pairs: Sequence[tuple[ConfigTable, ConfigReport]], reference: str, seed: int, n_bootstrap: int
+) -> tuple[list[Comparison], list[BestVsBest]]:
+    """Per-lr comparisons (Adam family) and best-vs-best (all) against the reference configs."""
+    refs = {
+        (t.key.warmup_steps, t.key.schedule): (t, c)
+        for t, c in pairs
+        if t.key.optimizer == reference
+    }
+    comparisons: list[Comparison] = []
+    bests: list[BestVsBest] = []
+    for t, c in pairs:
+        if t.key.optimizer == reference:
+            continue
+        same = refs.get((t.key.warmup_steps, t.key.schedule))
+        lr_comparable = t.key.optimizer in ADAM_FAMILY and reference in ADAM_FAMILY
+        if same is not None:
+            bests.append(best_vs_best(t, c, *same, seed=seed, n_bootstrap=n_bootstrap))
+            if lr_comparable:
+                comparisons.append(
+                    compare(t, c, *same, kind="same_warmup", seed=seed, n_bootstrap=n_bootstrap)
+                )
+        if lr_comparable and t.key.optimizer in BOUNDED and t.key.warmup_steps == 0:
+            for (w, schedule), ref in sorted(refs.items()):
+                if w > 0 and schedule == t.key.schedule:
+                    comparisons.append(
+                        compare(
+                            t,
+                            c,
+                            *ref,
+                            kind="no_warmup_vs_warmup",
+                            seed=seed,
+                            n_bootstrap=n_bootstrap,
+                        )
+                    )
+    return adjust_holm(comparisons), bests
 
 
 def _headline(
-    complete: bool,
+    status: str,
     configs: Sequence[ConfigReport],
-    comparisons: Sequence[AdamComparison],
-    warmup: Sequence[WarmupComparison],
+    comparisons: Sequence[Comparison],
+    bests: Sequence[BestVsBest],
+    reference: str,
+    counts: dict[str, int],
 ) -> list[str]:
-    """Plain-language findings, most important first."""
-    lines = [] if complete else ["Partial report: the study has trials still to run."]
+    lines = []
+    if status != "completed":
+        pending = counts.get("queued", 0) + counts.get("running", 0)
+        lines.append(
+            f"Study {status}: partial report ({pending} trials still queued or running, "
+            f"{counts.get('cancelled', 0)} cancelled, {counts.get('failed', 0)} failed)."
+        )
+    elif counts.get("failed", 0):
+        lines.append(f"{counts['failed']} trials failed: excluded from every comparison.")
     if not configs:
         return [*lines, "No completed or diverged trials yet: nothing to analyse."]
-    lines += [c.summary for c in comparisons]
-    if not comparisons:
-        lines += [
-            f"{c.label}: {_good_range(c.good_lr_decades)}, best L "
-            f"{_fmt(c.best_loss)} at lr {c.best_lr:.3g}, {c.divergence_rate:.0%} diverged."
-            for c in configs
-        ]
-    lines += [w.summary for w in warmup]
+    if not any(c.optimizer == reference for c in configs):
+        lines.append(f"The study has no {display_name(reference)} results: no comparison.")
+    lines += [c.headline + "." for c in comparisons]
+    # Across families best-vs-best is the only comparison, so it makes the headline.
+    lines += [
+        b.headline + "."
+        for b in bests
+        if not (b.challenger_optimizer in ADAM_FAMILY and reference in ADAM_FAMILY)
+    ]
     return lines
 
 
 def build_report(
     records: Sequence[Any],
     *,
-    complete: bool = True,
-    n_bootstrap: int = 1000,
+    spec: dict[str, Any] | None = None,
+    status: str | None = None,
+    environment: dict[str, Any] | None = None,
+    n_bootstrap: int = N_BOOTSTRAP,
     seed: int = 0,
+    complete: bool | None = None,
 ) -> Report:
-    """The robustness report of ROBUSTNESS.md from trial records; partial data → partial report.
+    """The robustness report v2 of a study's trial records (every state; see docs/REPORT.md).
 
-    Only completed and diverged records are analysed. `complete` is passed through (False while the
-    study runs). `n_bootstrap` resamples of seeds give the CI of the lr_sensitivity difference;
-    `seed` makes them deterministic.
+    `spec`: the normalized StudySpec as a dict (target_loss, reference, weight_decay are read).
+    `status`: the study's status; derived from the records' states when None. `seed` fixes the
+    random parts (bootstrap, sign flips above 16 seeds); `n_bootstrap` resamples (10,000 as
+    ROBUSTNESS.md asks; 0 leaves the bootstrap intervals out). `complete=False` (the v1
+    argument) means "running".
     """
-    if not isinstance(complete, bool):
-        raise ValueError(f"complete must be a bool, got {complete!r}")
+    if isinstance(records, str | bytes) or not hasattr(records, "__iter__"):
+        raise ValueError(f"records must be a sequence of TrialRecord, got {type(records).__name__}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+    if spec is not None and not isinstance(spec, dict):
+        raise ValueError(
+            f"spec must be a dict (the normalized StudySpec), got {type(spec).__name__}"
+        )
+    if status is not None and status not in STUDY_STATUSES:
+        raise ValueError(f"status must be one of {', '.join(STUDY_STATUSES)}, got {status!r}")
     if (
         isinstance(n_bootstrap, bool)
         or not isinstance(n_bootstrap, int)
         or not 0 <= n_bootstrap <= MAX_BOOTSTRAP
     ):
         raise ValueError(f"n_bootstrap must be an int in [0, {MAX_BOOTSTRAP}], got {n_bootstrap!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
-    if isinstance(records, (str, bytes)) or not hasattr(records, "__iter__"):
-        raise ValueError(f"records must be a sequence of TrialRecord, got {type(records).__name__}")
+    if complete is not None and not isinstance(complete, bool):
+        raise ValueError(f"complete must be a bool, got {complete!r}")
     records = list(records)
-    tables, used = group_records(records)
-    configs = [config_report(t) for t in tables]
-    warmup = build_warmup(configs)
-    comparisons = build_comparisons(tables, configs, n_bootstrap=n_bootstrap, seed=seed)
+    tables = group_records(records)
+    counts = _counts(records)
+    if status is None:
+        status = _derive_status(counts)
+        if complete is False and status == "completed":
+            status = "running"
+    reference, reason = reference_optimizer(spec)
+
+    # The target needs the reference's L*, which does not depend on the target: two passes.
+    untargeted = [config_report(t, None) for t in tables if t.key.optimizer == reference]
+    ref_configs = [c for c in untargeted if c is not None]
+    target, source, target_config = _target(spec, ref_configs)
+    pairs = [(t, config_report(t, target)) for t in tables]
+    pairs = [(t, c) for t, c in pairs if c is not None]
+    configs = [c for _, c in pairs]
+
+    comparisons, bests = _comparisons(pairs, reference, seed, n_bootstrap)
+    failures = [
+        Failure(
+            trial_id=r.trial_id,
+            params={
+                "optimizer": r.optimizer,
+                "lr": r.lr,
+                "beta3": r.beta3,
+                "warmup_steps": r.warmup_steps,
+                "schedule": r.schedule,
+                "seed": r.seed,
+            },
+            error=r.error,
+        )
+        for r in records
+        if r.state == "failed"
+    ]
+    headline = _headline(status, configs, comparisons, bests, reference, counts)
     return Report(
-        complete=complete,
+        status=status,
+        complete=status == "completed",
+        spec=spec,
+        environment=_environment(records, environment),
+        reference=reference,
+        reference_reason=reason,
+        target=Target(loss=target, source=source, config=target_config),
+        test_split=any(c.test_loss_at_best is not None for c in configs),
+        counts=counts,
+        failures=failures,
         n_records=len(records),
-        n_used=used,
+        n_used=sum(c.n_trials for c in configs),
         optimizers=sorted({c.optimizer for c in configs}, key=optimizer_rank),
         configs=configs,
-        surfaces=build_surfaces(configs),
-        warmup=warmup,
         comparisons=comparisons,
-        budget=build_budget(configs),
-        headline=_headline(complete, configs, comparisons, warmup),
+        best_vs_best=bests,
+        surfaces=build_surfaces(configs),
+        warmup=build_warmup(configs),
+        budget=build_budget([t for t, _ in pairs], configs),
+        headline=headline,
+        definitions=DEFINITIONS,
     )

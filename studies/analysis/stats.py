@@ -10,27 +10,36 @@ import numpy as np
 from scipy import stats as sps
 
 __all__ = [
+    "ALPHA",
+    "EXACT_MAX_SEEDS",
     "GOOD_GAP",
-    "bootstrap_indices",
-    "bootstrap_lr_sensitivity",
-    "bootstrap_sensitivity_delta",
+    "N_BOOTSTRAP",
+    "N_RANDOM_FLIPS",
+    "bootstrap_mean_interval",
     "budget_ks",
     "expected_best_of_k",
-    "good_lr_run",
+    "holm",
+    "interval_around",
     "lr_sensitivity",
-    "lr_sensitivity_norm",
+    "min_possible_p",
     "nan_quantiles",
-    "normalized_gaps",
-    "paired_deltas",
-    "percentile_interval",
-    "seed_spread",
-    "wilcoxon_p",
+    "seeds_needed",
+    "sign_flip_p",
+    "t_interval",
 ]
 
 #: A grid point is "good" when its normalized gap (L - L*) / (loss0 - L*) is at most this.
 GOOD_GAP = 0.1
-# Float noise allowance when comparing a normalized gap with GOOD_GAP.
-_GAP_TOL = 1e-12
+#: The significance level the report's "underpowered" refers to.
+ALPHA = 0.05
+#: Up to this many seeds the sign-flip test enumerates all 2^n sign vectors exactly.
+EXACT_MAX_SEEDS = 16
+#: Random sign vectors of the sign-flip test above EXACT_MAX_SEEDS seeds.
+N_RANDOM_FLIPS = 100_000
+#: Resamples of the percentile bootstrap over seeds.
+N_BOOTSTRAP = 10_000
+# Relative float allowance: |mean of a flip| counts as "as extreme" within this of the observed.
+_TIE_TOL = 1e-12
 
 
 def nan_quantiles(values: np.ndarray, qs: Sequence[float], axis: int = -1) -> np.ndarray:
@@ -73,136 +82,139 @@ def lr_sensitivity(medians: np.ndarray) -> np.ndarray:
         return np.nanmean(m - best[..., None], axis=-1)
 
 
-def lr_sensitivity_norm(sensitivity: float, loss0: float | None, best: float) -> float | None:
-    """lr_sensitivity / (loss0 - L*), clipped to [0, 1]; None when loss0 is unknown or loss0 <= L*.
-
-    loss0 <= L* means no lr made any progress (e.g. every trial diverged): the ratio is undefined.
-    """
-    if loss0 is None or not math.isfinite(loss0) or loss0 - best <= 0:
-        return None
-    return float(min(1.0, max(0.0, sensitivity / (loss0 - best))))
+def _sign_matrix(n: int) -> np.ndarray:
+    """All 2^n sign vectors as rows of a (2^n, n) matrix of ±1 (row 0 is the identity)."""
+    codes = np.arange(2**n, dtype=np.int64)[:, None]
+    bits = (codes >> np.arange(n, dtype=np.int64)[None, :]) & 1
+    return 1.0 - 2.0 * bits
 
 
-def normalized_gaps(medians: np.ndarray, loss0: float | None) -> np.ndarray | None:
-    """(L - L*) / (loss0 - L*) per grid point; None when undefined (loss0 unknown or <= L*)."""
-    m = np.asarray(medians, dtype=float)
-    if m.size == 0 or loss0 is None or not math.isfinite(loss0):
-        return None
-    best = float(np.min(m))
-    if loss0 - best <= 0:
-        return None
-    return (m - best) / (loss0 - best)
+_SIGNS: dict[int, np.ndarray] = {}
 
 
-def good_lr_run(lrs: Sequence[float], gaps: np.ndarray | None) -> tuple[float, float] | None:
-    """(lr_lo, lr_hi) of the contiguous run of good grid points spanning the most decades.
+def sign_flip_p(deltas: Sequence[float] | np.ndarray, *, seed: int = 0) -> float | None:
+    """Two-sided paired sign-flip permutation p-value of the mean of `deltas`.
 
-    `lrs` ascending, `gaps` the normalized gaps at those points. The best point always has gap 0,
-    so there is a run whenever gaps are defined; None otherwise. Ties keep the lowest-lr run.
-    """
-    if gaps is None or len(lrs) == 0:
-        return None
-    good = np.asarray(gaps) <= GOOD_GAP + _GAP_TOL
-    best_run: tuple[float, float] | None = None
-    best_span = -1.0
-    start: int | None = None
-    for i, ok in enumerate([*good.tolist(), False]):
-        if ok and start is None:
-            start = i
-        elif not ok and start is not None:
-            span = math.log10(lrs[i - 1] / lrs[start])
-            if span > best_span + 1e-12:
-                best_span, best_run = span, (float(lrs[start]), float(lrs[i - 1]))
-            start = None
-    return best_run
-
-
-def seed_spread(p25: np.ndarray, p75: np.ndarray) -> float | None:
-    """Median over the lr grid of the interquartile range across seeds; None for an empty grid."""
-    iqr = np.asarray(p75, dtype=float) - np.asarray(p25, dtype=float)
-    iqr = iqr[~np.isnan(iqr)]
-    return float(np.median(iqr)) if iqr.size else None
-
-
-def paired_deltas(deltas: np.ndarray) -> tuple[int, float | None, float | None]:
-    """(pairs, win_rate, median_delta) of paired differences Δ = L_candidate - L_baseline."""
-    d = np.asarray(deltas, dtype=float)
-    if d.size == 0:
-        return 0, None, None
-    return int(d.size), float(np.mean(d < 0)), float(np.median(d))
-
-
-def wilcoxon_p(deltas: np.ndarray) -> float | None:
-    """Two-sided Wilcoxon signed-rank p-value of paired differences; never raises.
-
-    Fewer than 2 pairs: None (no test possible). Every difference exactly 0: 1.0 (the two optimizers
-    gave identical results, no evidence of a difference). Any scipy failure or NaN: None.
+    Under the null hypothesis each paired difference is as likely to have either sign, so every
+    sign vector ε gives an equally likely mean(ε·d). p is the share of them at least as extreme
+    as the observed |mean(d)|: all 2^n vectors (the identity included) when n <= 16; otherwise
+    100,000 random vectors from `default_rng(seed)` with p = (1 + hits) / (1 + 100,000). With n
+    differences the smallest possible p is 2 / 2^n. None for no differences; 1 when all are 0.
     """
     d = np.asarray(deltas, dtype=float)
-    d = d[np.isfinite(d)]
-    if d.size < 2:
+    if d.ndim != 1:
+        raise ValueError(f"deltas must be one-dimensional, got shape {d.shape}")
+    if d.size == 0 or not np.all(np.isfinite(d)):
         return None
     if np.all(d == 0):
         return 1.0
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            p = float(sps.wilcoxon(d, alternative="two-sided").pvalue)
-    except (ValueError, FloatingPointError):
-        return None
-    return p if math.isfinite(p) else None
+    n = d.size
+    observed = abs(float(d.mean()))
+    threshold = observed - _TIE_TOL * max(1.0, observed)
+    if n <= EXACT_MAX_SEEDS:
+        signs = _SIGNS.get(n)
+        if signs is None:
+            signs = _SIGNS.setdefault(n, _sign_matrix(n))
+        means = np.abs(signs @ d) / n
+        return float(np.count_nonzero(means >= threshold)) / signs.shape[0]
+    rng = np.random.default_rng(seed)
+    hits = 0
+    for start in range(0, N_RANDOM_FLIPS, 10_000):  # chunks keep memory at 10,000 × n
+        size = min(10_000, N_RANDOM_FLIPS - start)
+        signs = rng.choice(np.array([-1.0, 1.0]), size=(size, n))
+        hits += int(np.count_nonzero(np.abs(signs @ d) / n >= threshold))
+    return (1.0 + hits) / (1.0 + N_RANDOM_FLIPS)
 
 
-def bootstrap_indices(n_seeds: int, n_bootstrap: int, seed: int) -> np.ndarray:
-    """(n_bootstrap, n_seeds) seed columns drawn with replacement; the same for the same inputs."""
-    return np.random.default_rng(seed).integers(0, n_seeds, size=(n_bootstrap, n_seeds))
+def min_possible_p(n: int) -> float:
+    """The smallest p the exact two-sided sign-flip test can give with n seeds: 2 / 2^n."""
+    return 1.0 if n <= 0 else min(1.0, 2.0 / 2.0**n)
 
 
-def bootstrap_lr_sensitivity(matrix: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """lr_sensitivity of every resample: `matrix` is (n_lr, n_seeds), `idx` from bootstrap_indices.
+def seeds_needed(alpha: float = ALPHA) -> int:
+    """The fewest seeds for which the exact sign-flip test can reach p <= alpha (6 at 0.05)."""
+    n = 1
+    while min_possible_p(n) > alpha:
+        n += 1
+    return n
 
-    Returns (n_bootstrap,); NaN for a resample in which no lr has any seed.
+
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm's step-down adjustment (family-wise error), in the order given.
+
+    Sorted ascending, p̃_(i) = max over j <= i of min(1, (m - j + 1) · p_(j)).
     """
-    resampled = matrix[:, idx]  # (n_lr, B, n_seeds)
-    medians = nan_quantiles(resampled, [0.5], axis=-1)[0]  # (n_lr, B)
-    return lr_sensitivity(medians.T)
+    p = np.asarray(pvalues, dtype=float)
+    m = p.size
+    if m == 0:
+        return []
+    order = np.argsort(p, kind="stable")
+    scaled = np.minimum(1.0, (m - np.arange(m)) * p[order])
+    adjusted = np.maximum.accumulate(scaled)
+    out = np.empty(m)
+    out[order] = adjusted
+    return [float(x) for x in out]
 
 
-def percentile_interval(replicates: np.ndarray, level: float = 0.95) -> tuple[float, float] | None:
-    """Percentile interval of the finite bootstrap replicates; None when there are none."""
-    reps = np.asarray(replicates, dtype=float)
-    reps = reps[np.isfinite(reps)]
-    if reps.size == 0:
+def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float] | None:
+    """Student-t interval of the mean: mean ± t_{(1+level)/2, n-1} · sd / √n; None when n < 2."""
+    v = np.asarray(values, dtype=float)
+    n = v.size
+    if n < 2:
         return None
+    mean = float(v.mean())
+    half = float(sps.t.ppf((1.0 + level) / 2.0, n - 1)) * float(v.std(ddof=1)) / math.sqrt(n)
+    return mean - half, mean + half
+
+
+def bootstrap_mean_interval(
+    values: Sequence[float], *, n_resamples: int = N_BOOTSTRAP, seed: int = 0, level: float = 0.95
+) -> tuple[float, float] | None:
+    """Percentile bootstrap interval of the mean over seeds (resampled with replacement).
+
+    Indices come from `default_rng(seed).integers(0, n, (n_resamples, n))`, so the interval is
+    reproducible. None with no values or no resamples.
+    """
+    v = np.asarray(values, dtype=float)
+    n = v.size
+    if n == 0 or n_resamples < 1:
+        return None
+    idx = np.random.default_rng(seed).integers(0, n, size=(n_resamples, n))
+    means = v[idx].mean(axis=1)
     alpha = (1.0 - level) / 2.0
-    lo, hi = np.quantile(reps, [alpha, 1.0 - alpha])
+    lo, hi = np.quantile(means, [alpha, 1.0 - alpha])
     return float(lo), float(hi)
 
 
-def bootstrap_sensitivity_delta(
-    pairs_of_matrices: Sequence[tuple[np.ndarray, np.ndarray]],
-    *,
-    n_bootstrap: int,
-    seed: int,
-    level: float = 0.95,
-) -> tuple[float, float] | None:
-    """Percentile bootstrap interval of mean_w [lr_sensitivity(cand_w) - lr_sensitivity(base_w)].
+def interval_around(
+    x: Sequence[float], h: Sequence[float], center: int
+) -> tuple[float, float, bool, bool] | None:
+    """The interval around x[center] on which h <= 0, with its edges interpolated linearly.
 
-    Each element of `pairs_of_matrices` is (candidate, baseline) for one warmup value: capped-loss
-    matrices of shape (n_lr, n_seeds) with NaN where a seed is missing, their seed columns aligned.
-    Seeds are resampled with replacement, the same draw for both optimizers (paired by seed) and
-    every warmup. Deterministic for a given `seed`. None with fewer than 2 seeds or no valid draw.
+    `x` ascending (log10 lr), `h` the signed distance to the threshold at each point (inside where
+    h <= 0), `center` an index with h[center] <= 0. Walking right, the first point with h > 0
+    places the edge where the straight line between it and its left neighbour crosses 0; with no
+    such point the edge is the last point and the interval is open there. The same to the left.
+    Returns (low, high, open_low, open_high), or None when h[center] > 0.
     """
-    if n_bootstrap < 1 or not pairs_of_matrices:
+    xs = np.asarray(x, dtype=float)
+    hs = np.asarray(h, dtype=float)
+    if not 0 <= center < xs.size or not hs[center] <= 0:
         return None
-    n_seeds = pairs_of_matrices[0][0].shape[1]
-    if n_seeds < 2:
-        return None
-    idx = bootstrap_indices(n_seeds, n_bootstrap, seed)
-    total = np.zeros(n_bootstrap)
-    for cand, base in pairs_of_matrices:
-        total += bootstrap_lr_sensitivity(cand, idx) - bootstrap_lr_sensitivity(base, idx)
-    return percentile_interval(total / len(pairs_of_matrices), level)
+
+    def edge(step: int) -> tuple[float, bool]:
+        i = center
+        while 0 <= i + step < xs.size:
+            j = i + step
+            if hs[j] > 0:
+                frac = (0.0 - hs[i]) / (hs[j] - hs[i])  # h[i] <= 0 < h[j]: frac in [0, 1)
+                return float(xs[i] + frac * (xs[j] - xs[i])), False
+            i = j
+        return float(xs[i]), True
+
+    high, open_high = edge(+1)
+    low, open_low = edge(-1)
+    return low, high, open_low, open_high
 
 
 def _log_factorials(n: int) -> np.ndarray:

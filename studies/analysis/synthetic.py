@@ -20,8 +20,19 @@ _PROFILE = {
     "adamw": (-3.0, 0.55, -1.1),
     "adamod": (-2.7, 1.2, 0.5),
     "diffmod": (-2.7, 1.1, 0.5),
+    "radam": (-3.0, 0.7, -0.9),
+    "nadamw": (-3.0, 0.55, -1.1),
     "sgd": (-1.0, 0.7, 0.3),
 }
+#: Evaluation points of each synthetic curve (a trial evaluates every 100 steps).
+_EVALS = 10
+
+
+def _curve(loss0: float, final: float, steps: int) -> tuple[tuple[int, ...], tuple[float, ...]]:
+    """A validation curve falling geometrically from loss0 to `final` over `steps` evaluations."""
+    ts = np.arange(1, steps + 1) / _EVALS
+    losses = final + (loss0 - final) * np.exp(-4.0 * ts)
+    return tuple(int(100 * k) for k in range(1, steps + 1)), tuple(float(x) for x in losses)
 
 
 def synthetic_records(
@@ -38,7 +49,8 @@ def synthetic_records(
     """A full grid of records: a U-shaped capped-loss curve in log lr per optimizer, plus noise.
 
     Warmup widens each basin by 0.3 decades and moves the divergence point up by 0.5 decades;
-    a larger β3 widens AdaMod's basin a little. Above the divergence lr most seeds diverge.
+    a larger β3 widens AdaMod's basin a little. Above the divergence lr most seeds diverge. Each
+    record has a validation curve of 10 evaluations and a test loss near its final loss.
     """
     rng = np.random.default_rng(rng_seed)
     grid = list(lrs) if lrs is not None else list(np.geomspace(1e-5, 1.0, 11))
@@ -59,11 +71,24 @@ def synthetic_records(
                     for s in range(seeds):
                         s0 = loss0 + 0.02 * rng.standard_normal()
                         if x > b and rng.random() < 0.8:
+                            steps, losses = _curve(s0, s0, int(rng.integers(0, 4)))
                             out.append(
-                                TrialRecord(opt, float(lr), beta3, warmup, s, "diverged", None, s0)
+                                TrialRecord(
+                                    opt,
+                                    float(lr),
+                                    beta3,
+                                    warmup,
+                                    s,
+                                    "diverged",
+                                    None,
+                                    float(s0),
+                                    curve_steps=steps,
+                                    curve_losses=losses,
+                                )
                             )
                             continue
-                        loss = mean * (1.0 + 0.05 * rng.standard_normal())
+                        loss = float(mean * (1.0 + 0.05 * rng.standard_normal()))
+                        steps, losses = _curve(s0, loss, _EVALS)
                         out.append(
                             TrialRecord(
                                 opt,
@@ -72,8 +97,11 @@ def synthetic_records(
                                 warmup,
                                 s,
                                 "completed",
-                                float(loss),
+                                loss,
                                 float(s0),
+                                test_loss=loss * (1.0 + 0.02 * rng.standard_normal()),
+                                curve_steps=steps,
+                                curve_losses=losses,
                             )
                         )
     return out

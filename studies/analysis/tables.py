@@ -1,4 +1,4 @@
-"""Group trial records into per-configuration (lr × seed) matrices of capped loss."""
+"""Group trial records into per-configuration (lr × seed) tables of every state and result."""
 
 from __future__ import annotations
 
@@ -10,20 +10,24 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "ADAM_FAMILY",
     "BOUNDED",
-    "USED_STATES",
+    "RESULT_STATES",
     "ConfigKey",
     "ConfigTable",
-    "align_seeds",
     "group_records",
+    "lr_key",
     "optimizer_rank",
 ]
 
 # Mirrors studies.spec.OPTIMIZERS / BOUNDED_OPTIMIZERS; repeated here so that the analysis does not
-# import spec (which pulls in torch through the workload registry).
-_ORDER = ("adam", "adamw", "adamod", "diffmod", "sgd")
+# import spec (which pulls in torch through the workload registry). tests/studies check they agree.
+_ORDER = ("adam", "adamw", "adamod", "diffmod", "radam", "nadamw", "sgd")
 BOUNDED = ("adamod", "diffmod")
-USED_STATES = ("completed", "diverged")
+#: Optimizers whose lr means the same thing (an Adam-style per-element step): compared lr by lr.
+ADAM_FAMILY = ("adam", "adamw", "adamod", "diffmod", "radam", "nadamw")
+RESULT_STATES = ("completed", "diverged")
+_SCHEDULES = ("constant", "cosine")
 _FIELDS = ("optimizer", "lr", "beta3", "warmup_steps", "seed", "state", "loss", "loss0")
 
 
@@ -32,116 +36,150 @@ def optimizer_rank(name: str) -> tuple[int, str]:
     return (_ORDER.index(name) if name in _ORDER else len(_ORDER), name)
 
 
-@dataclass(frozen=True, order=True)
+def lr_key(lr: float) -> float:
+    """An lr rounded to 12 significant digits, so grid values that went through text still match."""
+    return float(f"{lr:.12g}")
+
+
+@dataclass(frozen=True)
 class ConfigKey:
-    """One configuration: (optimizer, β3, warmup). β3 is None for optimizers that do not take it."""
+    """One configuration: (optimizer, β3, warmup, schedule); β3 is None unless bounded."""
 
     optimizer: str
     beta3: float | None
     warmup_steps: int
+    schedule: str = "constant"
 
     def sort_key(self) -> tuple[Any, ...]:
-        """Order of presentation: optimizer, then β3 (None first), then warmup."""
+        """Order of presentation: optimizer, β3 (None first), schedule, warmup."""
         b = -1.0 if self.beta3 is None else self.beta3
-        return (optimizer_rank(self.optimizer), b, self.warmup_steps)
+        s = _SCHEDULES.index(self.schedule) if self.schedule in _SCHEDULES else len(_SCHEDULES)
+        return (optimizer_rank(self.optimizer), b, s, self.schedule, self.warmup_steps)
 
 
 @dataclass(frozen=True)
 class ConfigTable:
-    """Capped losses of one configuration: rows are lrs (ascending), columns are seeds."""
+    """Everything about one configuration's cells: rows are lrs (ascending), columns seeds.
+
+    `lrs` and `seeds` cover every record of the configuration, whatever its state; the float
+    matrices hold NaN where a cell has no result.
+    """
 
     key: ConfigKey
     lrs: np.ndarray  # (n_lr,)
-    seeds: np.ndarray  # (n_seeds,) ascending
-    values: np.ndarray  # (n_lr, n_seeds) capped loss, mean of duplicates, NaN where missing
-    n_diverged: np.ndarray  # (n_lr,) diverged records per lr
-    n_trials: int
-    loss0: float | None  # median loss0 over this configuration's records
+    seeds: np.ndarray  # (n_seeds,)
+    loss: np.ndarray  # capped loss L
+    raw: np.ndarray  # final loss, +inf when diverged
+    loss0: np.ndarray
+    test: np.ndarray  # final test loss (NaN without a test split)
+    lowest: np.ndarray  # lowest validation loss along the curve (loss0 when the curve is empty)
+    diverged: np.ndarray  # bool
+    state: np.ndarray  # object: the state of each cell, "missing" where there is no record
+    records: np.ndarray  # object: the result record of each cell, None elsewhere
+    n_failed: np.ndarray  # (n_lr,) failed records per lr
+    release_steps: tuple[float, ...]  # implicit-warmup telemetry of the results
+
+    @property
+    def has_result(self) -> np.ndarray:
+        """Cells with a result."""
+        return ~np.isnan(self.loss)
+
+    @property
+    def n_results(self) -> int:
+        """How many cells have a result."""
+        return int(np.count_nonzero(self.has_result))
 
 
-def _lr_keys(lrs: np.ndarray) -> np.ndarray:
-    """lrs rounded to 12 significant digits, so grid values that went through text still match.
-
-    Formatting runs once per distinct value, not once per record.
-    """
-    uniq, inverse = np.unique(lrs, return_inverse=True)
-    rounded = np.array([float(f"{x:.12g}") for x in uniq.tolist()])
-    return rounded[inverse]
-
-
-def _attributes(records: Iterable[Any]) -> list[tuple[Any, ...]]:
-    """The analysed fields of every record; ValueError('records[i] ...') for a non-record."""
-    out = []
-    for i, r in enumerate(records):
-        try:
-            out.append((r.state, r.optimizer, r.beta3, r.warmup_steps, r.seed, r.lr,
-                        r.capped_loss, r.loss0))  # fmt: skip
-        except AttributeError:
-            missing = [f for f in _FIELDS if not hasattr(r, f)] or ["capped_loss"]
-            raise ValueError(
-                f"records[{i}] is not a TrialRecord: missing {', '.join(missing)}"
-            ) from None
+def _check(records: Iterable[Any]) -> list[Any]:
+    """The records as a list; ValueError('records[i] ...') for an object that is not a record."""
+    out = list(records)
+    for i, r in enumerate(out):
+        missing = [f for f in _FIELDS if not hasattr(r, f)]
+        if missing or not hasattr(r, "capped_loss"):
+            names = ", ".join(missing or ["capped_loss"])
+            raise ValueError(f"records[{i}] is not a TrialRecord: missing {names}")
     return out
 
 
-def group_records(records: Iterable[Any]) -> tuple[list[ConfigTable], int]:
-    """Build one ConfigTable per configuration; returns (tables in presentation order, n used).
+def _finite(x: Any) -> float:
+    return float(x) if isinstance(x, int | float) and math.isfinite(x) else math.nan
 
-    Records whose state is not completed/diverged, without a finite capped loss, or with a
-    non-positive lr are ignored. Objects lacking a TrialRecord field raise ValueError('records').
+
+def group_records(records: Iterable[Any]) -> list[ConfigTable]:
+    """One ConfigTable per configuration that has any record, in presentation order.
+
+    Records with a non-positive or non-finite lr are ignored. Within a cell, the first result
+    counts (a grid point is one trial); a result beats a failed or pending record of the same cell.
     """
-    groups: dict[tuple[str, float | None, int], list[tuple[Any, ...]]] = {}
-    isfinite = math.isfinite
-    for state, opt, beta3, warmup, seed, lr, capped, loss0 in _attributes(records):
-        if state not in USED_STATES or capped is None or not isfinite(capped):
+    groups: dict[ConfigKey, list[Any]] = {}
+    for r in _check(records):
+        lr = r.lr
+        if not (isinstance(lr, int | float) and math.isfinite(lr) and lr > 0):
             continue
-        if not (isfinite(lr) and lr > 0):
-            continue
-        if opt not in BOUNDED:
-            beta3 = None  # β3 means nothing to the other optimizers
-        key = (opt, None if beta3 is None else float(beta3), int(warmup))
-        loss0 = loss0 if loss0 is not None and isfinite(loss0) else None
-        groups.setdefault(key, []).append((lr, seed, capped, state == "diverged", loss0))
-    tables = [_table(ConfigKey(str(k[0]), k[1], k[2]), rows) for k, rows in groups.items()]
+        beta3 = None if r.optimizer not in BOUNDED or r.beta3 is None else float(r.beta3)
+        key = ConfigKey(
+            str(r.optimizer), beta3, int(r.warmup_steps), str(getattr(r, "schedule", "constant"))
+        )
+        groups.setdefault(key, []).append(r)
+    tables = [_table(key, rows) for key, rows in groups.items()]
     tables.sort(key=lambda t: t.key.sort_key())
-    return tables, sum(t.n_trials for t in tables)
+    return tables
 
 
-def _table(key: ConfigKey, rows: list[tuple[Any, ...]]) -> ConfigTable:
-    """Turn one configuration's rows into its lr × seed matrix."""
-    lr_col, seed_col, capped_col, div_col, loss0_col = zip(*rows, strict=True)
-    lr = _lr_keys(np.array(lr_col, dtype=float))
-    seed = np.array(seed_col, dtype=int)
-    capped = np.array(capped_col, dtype=float)
-    diverged = np.array(div_col, dtype=float)
-    loss0s = [x for x in loss0_col if x is not None]
-    lrs, lr_idx = np.unique(lr, return_inverse=True)
-    seeds, seed_idx = np.unique(seed, return_inverse=True)
-    total = np.zeros((lrs.size, seeds.size))
-    count = np.zeros((lrs.size, seeds.size))
-    np.add.at(total, (lr_idx, seed_idx), capped)
-    np.add.at(count, (lr_idx, seed_idx), 1.0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        values = np.where(count > 0, total / count, np.nan)
-    n_div = np.bincount(lr_idx, weights=diverged, minlength=lrs.size).astype(int)
+def _is_result(r: Any) -> bool:
+    capped = r.capped_loss
+    return r.state in RESULT_STATES and capped is not None and math.isfinite(capped)
+
+
+def _table(key: ConfigKey, rows: Sequence[Any]) -> ConfigTable:
+    """Turn one configuration's records into its lr × seed matrices."""
+    lrs = np.array(sorted({lr_key(r.lr) for r in rows}))
+    seeds = np.array(sorted({int(r.seed) for r in rows}), dtype=int)
+    lr_pos = {float(x): i for i, x in enumerate(lrs)}
+    seed_pos = {int(s): j for j, s in enumerate(seeds)}
+    shape = (lrs.size, seeds.size)
+    loss, raw, loss0, test, lowest = (np.full(shape, np.nan) for _ in range(5))
+    diverged = np.zeros(shape, dtype=bool)
+    state = np.full(shape, "missing", dtype=object)
+    recs = np.full(shape, None, dtype=object)
+    n_failed = np.zeros(lrs.size, dtype=int)
+    release: list[float] = []
+    for r in rows:
+        i, j = lr_pos[lr_key(r.lr)], seed_pos[int(r.seed)]
+        if r.state == "failed":
+            n_failed[i] += 1
+        if recs[i, j] is not None:
+            continue  # the cell already has its result
+        if not _is_result(r):
+            if state[i, j] == "missing":
+                state[i, j] = str(r.state)
+            continue
+        state[i, j] = str(r.state)
+        recs[i, j] = r
+        loss[i, j] = r.capped_loss
+        is_div = r.state == "diverged"
+        diverged[i, j] = is_div
+        final = _finite(r.loss)
+        raw[i, j] = math.inf if is_div or math.isnan(final) else final
+        loss0[i, j] = _finite(r.loss0)
+        test[i, j] = math.nan if is_div else _finite(getattr(r, "test_loss", None))
+        curve = [x for x in getattr(r, "curve_losses", ()) if x is not None and math.isfinite(x)]
+        lowest[i, j] = min(curve) if curve else _finite(r.loss0)
+        step = getattr(r, "bound_release_step", None)
+        if isinstance(step, int | float) and math.isfinite(step):
+            release.append(float(step))
     return ConfigTable(
         key=key,
         lrs=lrs,
         seeds=seeds,
-        values=values,
-        n_diverged=n_div,
-        n_trials=len(rows),
-        loss0=float(np.median(loss0s)) if loss0s else None,
+        loss=loss,
+        raw=raw,
+        loss0=loss0,
+        test=test,
+        lowest=lowest,
+        diverged=diverged,
+        state=state,
+        records=recs,
+        n_failed=n_failed,
+        release_steps=tuple(release),
     )
-
-
-def align_seeds(table: ConfigTable, seeds: Sequence[int] | np.ndarray) -> np.ndarray:
-    """The (n_lr, len(seeds)) matrix with columns in the order of `seeds`, NaN where absent."""
-    seeds = np.asarray(seeds)
-    out = np.full((table.lrs.size, seeds.size), np.nan)
-    pos = np.searchsorted(table.seeds, seeds)
-    pos = np.clip(pos, 0, max(table.seeds.size - 1, 0))
-    hit = table.seeds.size > 0
-    present = (table.seeds[pos] == seeds) if hit else np.zeros(seeds.size, dtype=bool)
-    out[:, present] = table.values[:, pos[present]]
-    return out

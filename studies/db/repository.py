@@ -335,18 +335,38 @@ def list_trials(db: Database, study_id: int) -> list[TrialView] | None:
 
 
 def load_records(db: Database, study_id: int) -> list[TrialRecord] | None:
-    """The analysis' view of every trial of a study (reads four columns, not the curves)."""
+    """The analysis' view of every trial of a study, whatever its state (curves included)."""
     from studies.records import TrialRecord
 
     with db.session(readonly=True) as session:
         if not _study_exists(session, study_id):
             return None
         rows = session.execute(
-            select(TrialRow.params, TrialRow.state, TrialRow.loss, TrialRow.loss0)
+            select(
+                TrialRow.id,
+                TrialRow.params,
+                TrialRow.state,
+                TrialRow.loss,
+                TrialRow.loss0,
+                TrialRow.result,
+                TrialRow.curve,
+                TrialRow.bound_stats,
+                TrialRow.error,
+            )
             .where(TrialRow.study_id == study_id)
             .order_by(TrialRow.number)
         )
         return [
-            TrialRecord.from_params(params, state=state, loss=loss, loss0=loss0)
-            for params, state, loss, loss0 in rows
+            TrialRecord.from_params(
+                params,
+                state=state,
+                loss=loss,
+                loss0=loss0,
+                result=result,
+                curve=curve,
+                bound_stats=bound_stats,
+                trial_id=trial_id,
+                error=error,
+            )
+            for trial_id, params, state, loss, loss0, result, curve, bound_stats, error in rows
         ]

@@ -70,6 +70,14 @@ def test_digits_study_end_to_end(database_url: str, tmp_path) -> None:  # type: 
             assert report.status_code == 200
             body = report.json()
             assert body["complete"] is True and body["n_used"] == n
+            assert body["status"] == "completed" and body["spec"]["workload"] == "digits_mlp"
+            assert body["reference"] == "adam" and body["target"]["source"] == "reference"
+            assert body["environment"]["torch"] and body["environment"]["devices"] == ["cpu"]
+            # 2 seeds: the comparison says so instead of giving a verdict or an interval.
+            (comparison,) = body["comparisons"]
+            assert comparison["underpowered"] is True and comparison["ci_t"] is None
+            assert all(p["steps_to_target"] is None or p["steps_to_target"] > 0
+                       for c in body["configs"] for p in c["curve"])  # fmt: skip
             for name, path in study["links"]["plots"].items():
                 png = client.get(path)
                 assert png.status_code == 200, (name, png.text)
@@ -81,12 +89,11 @@ def test_digits_study_end_to_end(database_url: str, tmp_path) -> None:  # type: 
             assert client.get(f"/studies/{study['id']}/report").content == report.content
 
     # Optuna sees the same trials in the same database.
-    loaded = optuna.load_study(
-        study_name=study["links"]["optuna_study_name"], storage=database_url
-    )
+    loaded = optuna.load_study(study_name=study["links"]["optuna_study_name"], storage=database_url)
     finished = [t for t in loaded.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(finished) == n
     assert all(t.intermediate_values for t in finished)  # one value per evaluation
+
     def grid_point(params: dict) -> tuple:
         return (params["optimizer"], float(f"{params['lr']:.12g}"), params["seed"])
 
@@ -133,4 +140,9 @@ def test_cancel_mid_study_stops_queued_trials(sqlite_url: str, tmp_path) -> None
         trials = client.get(f"/studies/{study['id']}/trials").json()
         assert all(t["state"] in TERMINAL for t in trials)
         report = client.get(f"/studies/{study['id']}/report").json()
-        assert report["complete"] is True
+        # A cancelled study's report is never "complete", and its page says cancelled.
+        assert report["status"] == "cancelled" and report["complete"] is False
+        assert report["counts"]["cancelled"] == p["cancelled"]
+        assert report["headline"][0].startswith("Study cancelled")
+        page = client.get(f"/studies/{study['id']}/report.html").text
+        assert "cancelled" in page.lower()

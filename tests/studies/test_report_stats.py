@@ -1,4 +1,4 @@
-"""The numeric building blocks of the report against slow, obviously-correct references."""
+"""The report's statistical building blocks against brute force, scipy and hand-worked cases."""
 
 from __future__ import annotations
 
@@ -12,17 +12,18 @@ from hypothesis import strategies as st
 from scipy import stats as sps
 
 from studies.analysis.stats import (
-    bootstrap_sensitivity_delta,
+    N_RANDOM_FLIPS,
+    bootstrap_mean_interval,
     budget_ks,
     expected_best_of_k,
-    good_lr_run,
+    holm,
+    interval_around,
     lr_sensitivity,
-    lr_sensitivity_norm,
+    min_possible_p,
     nan_quantiles,
-    normalized_gaps,
-    paired_deltas,
-    seed_spread,
-    wilcoxon_p,
+    seeds_needed,
+    sign_flip_p,
+    t_interval,
 )
 
 
@@ -82,83 +83,92 @@ def test_lr_sensitivity_over_leading_axes_skips_nan():
     np.testing.assert_allclose(got, [(0.5 + 0 + 1.5) / 3, 0.1, np.nan], equal_nan=True)
 
 
-def test_lr_sensitivity_norm_guards():
-    assert lr_sensitivity_norm(0.3, 2.0, 0.5) == pytest.approx(0.2)
-    assert lr_sensitivity_norm(0.3, 0.5, 0.5) is None  # no progress anywhere
-    assert lr_sensitivity_norm(0.3, 0.4, 0.5) is None
-    assert lr_sensitivity_norm(0.3, None, 0.5) is None
-    assert lr_sensitivity_norm(5.0, 2.0, 0.5) == 1.0  # clipped
+def brute_force_sign_flip(d):
+    """Share of all 2^n sign vectors whose |mean| is at least the observed one (exact)."""
+    observed = abs(sum(d) / len(d))
+    hits = total = 0
+    for signs in itertools.product((-1.0, 1.0), repeat=len(d)):
+        total += 1
+        hits += abs(sum(s * x for s, x in zip(signs, d, strict=True)) / len(d)) >= observed - 1e-12
+    return hits / total
 
 
-def test_good_lr_run_picks_the_widest_contiguous_run():
-    lrs = [1e-4, 1e-3, 1e-2, 1e-1, 1.0]
-    assert good_lr_run(lrs, np.array([0.05, 0.5, 0.0, 0.1, 0.1])) == (1e-2, 1.0)
-    assert good_lr_run(lrs, np.array([0.0, 0.05, 0.5, 0.05, 0.0])) == (1e-4, 1e-3)  # tie: lowest
-    assert good_lr_run(lrs, np.array([0.2, 0.2, 0.0, 0.2, 0.2])) == (1e-2, 1e-2)
-    assert good_lr_run(lrs, None) is None
+def test_sign_flip_hand_worked_case():
+    # d = 1, 2, 3: the eight sums are ±6, ±4, ±2, 0, 0; only ±6 reach |6|: p = 2/8.
+    assert sign_flip_p([1.0, 2.0, 3.0]) == pytest.approx(0.25)
+    # d = 1, -1: sums 0, 0, 2, -2 and observed mean 0: every vector is as extreme.
+    assert sign_flip_p([1.0, -1.0]) == 1.0
+    assert sign_flip_p([0.0, 0.0]) == 1.0
+    assert sign_flip_p([]) is None
 
 
-def test_normalized_gaps():
-    np.testing.assert_allclose(normalized_gaps(np.array([1.2, 0.5, 2.0]), 2.0), [0.7 / 1.5, 0, 1])
-    assert normalized_gaps(np.array([2.0, 2.0]), 2.0) is None
-    assert normalized_gaps(np.array([]), 2.0) is None
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(-3.0, 3.0, allow_subnormal=False), min_size=1, max_size=10))
+def test_sign_flip_equals_brute_force_enumeration(d):
+    if all(x == 0 for x in d):
+        assert sign_flip_p(d) == 1.0
+    else:
+        assert sign_flip_p(d) == pytest.approx(brute_force_sign_flip(d), abs=1e-12)
 
 
-def test_seed_spread_and_paired_deltas():
-    assert seed_spread(np.array([1.0, 0.5, 1.5]), np.array([1.2, 0.6, 2.0])) == pytest.approx(0.2)
-    assert seed_spread(np.array([]), np.array([])) is None
-    assert paired_deltas(np.array([])) == (0, None, None)
-    assert paired_deltas(np.array([-1.0, 0.0, 2.0, -3.0])) == (4, 0.5, -0.5)
+def test_sign_flip_ties_in_magnitude_count_as_extreme():
+    # Equal magnitudes: every vector with the same number of minus signs ties; p = 2 * C(4,0)/16.
+    assert sign_flip_p([0.1, 0.1, 0.1, 0.1]) == pytest.approx(2 / 16)
+    assert sign_flip_p([0.1] * 6) == pytest.approx(min_possible_p(6))
 
 
-def test_wilcoxon_p_edge_cases_never_raise():
-    d = np.array([-0.4, -0.58, -0.76, 0.1, 0.1, -0.1, -1.36, -1.3])
-    assert wilcoxon_p(d) == pytest.approx(sps.wilcoxon(d).pvalue)
-    assert wilcoxon_p(np.array([])) is None
-    assert wilcoxon_p(np.array([0.3])) is None
-    assert wilcoxon_p(np.zeros(5)) == 1.0
-    assert wilcoxon_p(np.array([0.0, 0.0, 0.2])) == pytest.approx(
-        sps.wilcoxon([0.0, 0.0, 0.2]).pvalue
+def test_sign_flip_above_sixteen_seeds_is_monte_carlo_and_reproducible():
+    d = np.random.default_rng(3).normal(0.3, 1.0, 20)
+    p1, p2 = sign_flip_p(d, seed=0), sign_flip_p(d, seed=0)
+    assert p1 == p2 and p1 != sign_flip_p(d, seed=1)
+    assert p1 >= 1 / (1 + N_RANDOM_FLIPS)
+    # The exact p of a 20-value vector, by enumerating the 2^20 flips in blocks here.
+    signs = 1.0 - 2.0 * ((np.arange(2**20)[:, None] >> np.arange(20)) & 1)
+    exact = np.mean(np.abs(signs @ d) / 20 >= abs(d.mean()) - 1e-12)
+    assert abs(p1 - exact) < 4 * math.sqrt(exact * (1 - exact) / N_RANDOM_FLIPS) + 1e-4
+
+
+def test_min_possible_p_and_seeds_needed():
+    assert [min_possible_p(n) for n in (0, 1, 2, 5, 6)] == [1.0, 1.0, 0.5, 0.0625, 0.03125]
+    assert seeds_needed(0.05) == 6 and seeds_needed(0.01) == 8
+
+
+def test_holm_by_hand():
+    # Sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1 = 0.02, 0.03, 0.06, 0.04; running max
+    # 0.02, 0.03, 0.06, 0.06; back in the given order:
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
+    assert holm([]) == []
+
+
+def test_t_interval_against_scipy_and_by_hand():
+    v = [0.1, -0.2, 0.05, 0.3, -0.1]
+    lo, hi = t_interval(v)
+    ref = sps.t.interval(0.95, 4, loc=np.mean(v), scale=sps.sem(v))
+    assert (lo, hi) == pytest.approx(ref)
+    mean, sd = sum(v) / 5, math.sqrt(sum((x - sum(v) / 5) ** 2 for x in v) / 4)
+    assert hi - lo == pytest.approx(2 * 2.7764451052 * sd / math.sqrt(5))
+    assert lo < mean < hi
+    assert t_interval([1.0]) is None
+
+
+def test_bootstrap_interval_recipe_and_determinism():
+    v = np.array([0.1, -0.2, 0.05, 0.3, -0.1, 0.0])
+    idx = np.random.default_rng(7).integers(0, 6, size=(10_000, 6))
+    means = sorted(v[row].mean() for row in idx)  # one replicate at a time
+    lo, hi = bootstrap_mean_interval(v, seed=7)
+    assert (lo, hi) == pytest.approx(tuple(np.quantile(means, [0.025, 0.975])))
+    assert bootstrap_mean_interval(v, seed=7) == (lo, hi)
+    assert bootstrap_mean_interval([], seed=7) is None
+
+
+def test_interval_around_interpolates_and_marks_open_ends():
+    x = [-4.0, -3.0, -2.0, -1.0, 0.0]
+    # h crosses 0 halfway between -3 and -2 (from 0.5 to -0.5) and a quarter of the way from
+    # -1 to 0 (from -0.1 to 0.3).
+    assert interval_around(x, [1.0, 0.5, -0.5, -0.1, 0.3], 2) == pytest.approx(
+        (-2.5, -0.75, False, False)
     )
-    assert wilcoxon_p(np.array([np.nan, 1.0])) is None  # one finite pair left
-
-
-def reference_bootstrap(pairs, n_bootstrap, seed):
-    """The same resampling as bootstrap_sensitivity_delta, one replicate at a time with numpy."""
-    n = pairs[0][0].shape[1]
-    idx = np.random.default_rng(seed).integers(0, n, size=(n_bootstrap, n))
-    reps = []
-    for row in idx:
-        diffs = []
-        for cand, base in pairs:
-            sens = []
-            for m in (cand, base):
-                with np.errstate(all="ignore"), __import__("warnings").catch_warnings():
-                    __import__("warnings").simplefilter("ignore")
-                    med = np.nanmedian(m[:, row], axis=1)
-                    med = med[~np.isnan(med)]
-                sens.append(np.mean(med - med.min()) if med.size else np.nan)
-            diffs.append(sens[0] - sens[1])
-        reps.append(np.mean(diffs))
-    reps = np.array(reps)
-    reps = reps[np.isfinite(reps)]
-    return tuple(np.quantile(reps, [0.025, 0.975]))
-
-
-def test_bootstrap_matches_a_replicate_by_replicate_reference():
-    rng = np.random.default_rng(3)
-    cand, base = rng.uniform(0, 2, (5, 6)), rng.uniform(0, 2, (5, 6))
-    cand[1, 2] = np.nan  # a missing seed
-    base[:, 5] = np.nan  # a seed the baseline never ran
-    pairs = [(cand, base), (rng.uniform(0, 2, (3, 6)), rng.uniform(0, 2, (4, 6)))]
-    got = bootstrap_sensitivity_delta(pairs, n_bootstrap=200, seed=7)
-    assert got == pytest.approx(reference_bootstrap(pairs, 200, 7))
-
-
-def test_bootstrap_degenerate_inputs():
-    one_seed = [(np.ones((3, 1)), np.ones((3, 1)))]
-    assert bootstrap_sensitivity_delta(one_seed, n_bootstrap=100, seed=0) is None
-    assert bootstrap_sensitivity_delta([], n_bootstrap=100, seed=0) is None
-    two = [(np.ones((3, 2)), np.ones((3, 2)))]
-    assert bootstrap_sensitivity_delta(two, n_bootstrap=0, seed=0) is None
-    assert bootstrap_sensitivity_delta(two, n_bootstrap=10, seed=0) == (0.0, 0.0)
+    assert interval_around(x, [-1.0, -1.0, -0.5, -1.0, -1.0], 2) == (-4.0, 0.0, True, True)
+    assert interval_around(x, [1.0, 1.0, 0.0, 1.0, 1.0], 2) == (-2.0, -2.0, False, False)
+    assert interval_around(x, [0.0, 0.0, 0.1, 0.0, 0.0], 2) is None  # centre outside
