@@ -3,15 +3,25 @@
 The data directory holds `cifar-10-batches-py/` (data_batch_1..5, test_batch, batches.meta), as
 unpacked from the official `cifar-10-python.tar.gz`; nothing is downloaded. Its path comes from
 `workload_config.data_dir` or the environment variable ADAMOD_LAB_DATA_DIR (either the folder that
-contains `cifar-10-batches-py` or that folder itself). The test batch serves as validation set, as
-in the AdaMod paper. Training uses the usual augmentation (4-pixel padded random crop, horizontal
-flip), seeded per trial and epoch; the whole dataset lives on the device as uint8.
+contains `cifar-10-batches-py` or that folder itself).
+
+Splits: validation is a held-out part of the 50,000 training images (`val_fraction`, default 10% =
+5,000, drawn once by `split_seed`), which the report selects on; the official `test_batch` is the
+test set, evaluated once at the end of a trial and never used for selection. (The AdaMod paper,
+like many optimizer papers, tuned on the test batch; that makes the reported loss optimistic.)
+Training uses the usual augmentation (4-pixel padded random crop, horizontal flip), seeded per
+trial and epoch; the whole dataset lives on the device as uint8.
+
+Not packable: the ResNets have batch norm, whose running statistics are buffers updated in place
+during the forward pass, which a vectorized pack of models does not support; its trials run one
+per process.
 """
 
 from __future__ import annotations
 
 import os
 import pickle
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -24,8 +34,18 @@ from torch.nn import functional as F
 
 from studies.budget import Budget
 from studies.workloads.base import Problem, Workload
+from studies.workloads.common import batch_generator, content_sha256, seeded_init, split_indices
 
-__all__ = ["DATA_DIR_ENV", "WORKLOAD", "Cifar10Config", "ResNet", "find_cifar10", "load_cifar10"]
+__all__ = [
+    "DATA_DIR_ENV",
+    "WORKLOAD",
+    "Cifar10Config",
+    "ResNet",
+    "cifar10_sha256",
+    "data_splits",
+    "find_cifar10",
+    "load_cifar10",
+]
 
 DATA_DIR_ENV = "ADAMOD_LAB_DATA_DIR"
 FOLDER = "cifar-10-batches-py"
@@ -47,7 +67,7 @@ ARCHS: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
 
 
 class Cifar10Config(BaseModel):
-    """Where the data is, which ResNet, batch size, subsets (for tests) and augmentation."""
+    """Where the data is, which ResNet, batch size, splits, subsets (for tests), augmentation."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -56,11 +76,23 @@ class Cifar10Config(BaseModel):
     )
     arch: Literal["resnet20", "resnet32", "resnet56", "resnet18", "resnet34"] = "resnet34"
     batch_size: int = Field(default=128, ge=1, le=8192)
+    val_fraction: float = Field(
+        default=0.1,
+        gt=0.0,
+        lt=1.0,
+        description="share of the 50,000 training images held out for validation",
+    )
+    split_seed: int = Field(
+        default=0, ge=0, description="seed of the train/validation split (not the trial seed)"
+    )
     train_subset: int | None = Field(
-        default=None, ge=1, description="use only the first N training images"
+        default=None, ge=1, description="use at most the first N images of the training part"
     )
     val_subset: int | None = Field(
-        default=None, ge=1, description="use only the first N test images"
+        default=None, ge=1, description="use at most the first N images of the validation part"
+    )
+    test_subset: int | None = Field(
+        default=None, ge=1, description="use at most the first N images of test_batch"
     )
     augment: bool = Field(default=True, description="random crop (padding 4) and horizontal flip")
     eval_every: int | None = Field(
@@ -121,6 +153,12 @@ def load_cifar10(folder: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nd
     x_train = np.concatenate([p[0] for p in parts])
     y_train = np.concatenate([p[1] for p in parts])
     return x_train, y_train, x_test, y_test
+
+
+@lru_cache(maxsize=2)
+def cifar10_sha256(folder: str) -> str:
+    """A short content hash of the decoded images and labels of every file (cached per folder)."""
+    return content_sha256(*load_cifar10(folder))
 
 
 class BasicBlock(nn.Module):
@@ -185,22 +223,44 @@ def _augment(images: Tensor, gen: torch.Generator) -> Tensor:
     return padded[batch, chans, rows, cols]
 
 
+def data_splits(config: Cifar10Config) -> dict[str, np.ndarray]:
+    """The image indices of each part: "train" and "val" into the 50,000 training images,
+    "test" into test_batch counted after them (50,000 + i), so that all three are disjoint sets
+    of one numbering. Subsets (train_subset, ...) are applied."""
+    _, y_train, _, y_test = load_cifar10(str(find_cifar10(config.data_dir)))
+    n = len(y_train)
+    n_val = max(1, round(n * config.val_fraction))
+    if n - n_val < 1:
+        raise ValueError(f"val_fraction={config.val_fraction} leaves no training images of {n}")
+    val, train = split_indices(n, (n_val,), config.split_seed)
+    test = n + np.arange(len(y_test))
+    return {
+        "train": train[: config.train_subset],  # None: all of it
+        "val": val[: config.val_subset],
+        "test": test[: config.test_subset],
+    }
+
+
 def _build(config: Cifar10Config, seed: int, device: torch.device) -> Problem:
     folder = find_cifar10(config.data_dir)
-    x_tr, y_tr, x_te, y_te = load_cifar10(str(folder))
-    if config.train_subset:
-        x_tr, y_tr = x_tr[: config.train_subset], y_tr[: config.train_subset]
-    if config.val_subset:
-        x_te, y_te = x_te[: config.val_subset], y_te[: config.val_subset]
-    x_train = torch.from_numpy(np.ascontiguousarray(x_tr)).to(device)
-    y_train = torch.from_numpy(y_tr).to(device)
-    x_val = torch.from_numpy(np.ascontiguousarray(x_te)).to(device)
-    y_val = torch.from_numpy(y_te).to(device)
+    x_all, y_all, x_te, y_te = load_cifar10(str(folder))
+    parts = data_splits(config)
+    train_idx, val_idx = parts["train"], parts["val"]
+    test_idx = parts["test"] - len(y_all)  # data_splits counts the test batch after training
+
+    def on_device(a: np.ndarray) -> Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a)).to(device)
+
+    x_train, y_train = on_device(x_all[train_idx]), on_device(y_all[train_idx])
+    x_val, y_val = on_device(x_all[val_idx]), on_device(y_all[val_idx])
+    x_test, y_test = on_device(x_te[test_idx]), on_device(y_te[test_idx])
     mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1)
     std = torch.tensor(STD, device=device).view(1, 3, 1, 1)
     autocast = device.type == "cuda" and config.bf16
 
-    model = ResNet(config.arch).to(device)
+    with seeded_init(seed):  # the weights depend on the trial seed only
+        model = ResNet(config.arch)
+    model = model.to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     n = len(y_train)
@@ -211,7 +271,7 @@ def _build(config: Cifar10Config, seed: int, device: torch.device) -> Problem:
         return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x
 
     def train_batches(epoch: int) -> Any:
-        gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        gen = batch_generator(seed, epoch)  # order and augmentation: (seed, epoch) only
         order = torch.randperm(n, generator=gen).to(device)
         for idx in order.split(config.batch_size):
             images = x_train[idx]
@@ -225,24 +285,38 @@ def _build(config: Cifar10Config, seed: int, device: torch.device) -> Problem:
             logits = m(x)
         return F.cross_entropy(logits.float(), y)
 
-    def evaluate(m: nn.Module) -> dict[str, float]:
-        total_loss = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device)
-        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            for xb, yb in zip(x_val.split(500), y_val.split(500), strict=True):
-                logits = m(prepare(xb)).float()
-                total_loss += F.cross_entropy(logits, yb, reduction="sum")
-                correct += (logits.argmax(1) == yb).sum()
-        return {"loss": float(total_loss) / len(y_val), "accuracy": float(correct) / len(y_val)}
+    def evaluator(x_eval: Tensor, y_eval: Tensor) -> Callable[[nn.Module], dict[str, float]]:
+        def evaluate(m: nn.Module) -> dict[str, float]:
+            total_loss = torch.zeros((), device=device)
+            correct = torch.zeros((), device=device)
+            with (
+                torch.no_grad(),
+                torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast),
+            ):
+                for xb, yb in zip(x_eval.split(500), y_eval.split(500), strict=True):
+                    logits = m(prepare(xb)).float()
+                    total_loss += F.cross_entropy(logits, yb, reduction="sum")
+                    correct += (logits.argmax(1) == yb).sum()
+            n_eval = len(y_eval)
+            return {"loss": float(total_loss) / n_eval, "accuracy": float(correct) / n_eval}
+
+        return evaluate
 
     return Problem(
         model=model,
         train_batches=train_batches,
         loss_fn=loss_fn,
-        evaluate=evaluate,
+        evaluate=evaluator(x_val, y_val),
+        evaluate_test=evaluator(x_test, y_test),
         steps_per_epoch=steps_per_epoch,
         eval_every=config.eval_every or steps_per_epoch,
-        extras={"data": str(folder), "n_train": n, "n_val": len(y_val)},
+        extras={
+            "data": str(folder),
+            "data_sha256": cifar10_sha256(str(folder)),
+            "n_train": n,
+            "n_val": len(y_val),
+            "n_test": len(y_test),
+        },
     )
 
 
@@ -255,7 +329,9 @@ WORKLOAD = Workload(
     description=(
         "ResNet (default ResNet-34, as in the AdaMod paper) on CIFAR-10 read from a local "
         f"{FOLDER}/ directory (workload_config.data_dir or ${DATA_DIR_ENV}); random-crop and "
-        "flip augmentation; test set as validation; accuracy reported. A GPU workload."
+        "flip augmentation; validation = 5,000 images held out of the training batches, test = "
+        "test_batch; accuracy reported. A GPU workload. Not packable (batch norm): one trial per "
+        "process."
     ),
     config_model=Cifar10Config,
     default_budget=Budget(epochs=50),

@@ -1,4 +1,10 @@
-"""`digits_mlp`: an MLP on scikit-learn's bundled 8×8 digits with a fixed train/validation split."""
+"""`digits_mlp`: an MLP on scikit-learn's bundled 8×8 digits, fixed train/validation/test split.
+
+The 1797 images are split once by `split_seed` (not the trial seed, so every trial of a study sees
+the same split): `val_fraction` of them for validation (what the report selects on),
+`test_fraction` held out for the test loss reported beside the selected point, the rest for
+training. `test_fraction: 0` gives no test split (the report then says so).
+"""
 
 from __future__ import annotations
 
@@ -7,44 +13,86 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from torch import Tensor, nn
 from torch.nn import functional as F
 
 from studies.budget import Budget
 from studies.workloads.base import Problem, Workload
+from studies.workloads.common import (
+    batch_generator,
+    classifier_evaluator,
+    content_sha256,
+    seeded_init,
+    split_indices,
+)
 
-__all__ = ["WORKLOAD", "DigitsConfig", "load_digits_split"]
+__all__ = ["N_IMAGES", "WORKLOAD", "DigitsConfig", "data_splits", "load_digits_data"]
+
+N_IMAGES = 1797  # scikit-learn's copy of the UCI optical digits test set
 
 
 class DigitsConfig(BaseModel):
-    """Size of the MLP, batch size and the (fixed) validation split."""
+    """Size of the MLP, batch size and the (fixed) validation and test splits."""
 
     model_config = ConfigDict(extra="forbid")
 
     hidden: int = Field(default=64, ge=1, le=8192, description="width of each hidden layer")
     depth: int = Field(default=2, ge=1, le=16, description="number of hidden layers")
-    batch_size: int = Field(default=32, ge=1, le=1437)
-    val_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
+    batch_size: int = Field(
+        default=32, ge=1, le=N_IMAGES, description="one batch per epoch when above the train size"
+    )
+    val_fraction: float = Field(
+        default=0.2, gt=0.0, lt=1.0, description="share of the images used for validation"
+    )
+    test_fraction: float = Field(
+        default=0.2,
+        ge=0.0,
+        lt=1.0,
+        description="share of the images held out for the test loss (0: no test split)",
+    )
     split_seed: int = Field(
-        default=0, ge=0, description="seed of the train/validation split (not the trial seed)"
+        default=0, ge=0, description="seed of the train/validation/test split (not the trial seed)"
     )
 
+    @field_validator("test_fraction")
+    @classmethod
+    def _leaves_training_data(cls, value: float, info: ValidationInfo) -> float:
+        val = info.data.get("val_fraction")
+        if val is not None and val + value >= 1.0:
+            raise ValueError(
+                f"val_fraction + test_fraction must be < 1 (there must be training images); "
+                f"got val_fraction={val} + test_fraction={value}"
+            )
+        return value
 
-@lru_cache(maxsize=4)
-def load_digits_split(
-    val_fraction: float, split_seed: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(x_train, y_train, x_val, y_val) of the digits data, features scaled to [0, 1]."""
+
+@lru_cache(maxsize=1)
+def load_digits_data() -> tuple[np.ndarray, np.ndarray, str]:
+    """(x, y, data_sha256) of all 1797 images, features scaled to [0, 1] (cached, read-only)."""
     from sklearn.datasets import load_digits  # imported here: sklearn is slow to import
 
     data = load_digits()
     x = (data.data / 16.0).astype(np.float32)
     y = data.target.astype(np.int64)
-    order = np.random.default_rng(split_seed).permutation(len(y))
-    n_val = max(1, round(len(y) * val_fraction))
-    val, train = order[:n_val], order[n_val:]
-    return x[train], y[train], x[val], y[val]
+    if len(y) != N_IMAGES:
+        raise ValueError(f"scikit-learn's digits have {len(y)} images, expected {N_IMAGES}")
+    x.setflags(write=False)
+    y.setflags(write=False)
+    return x, y, content_sha256(x, y)
+
+
+def data_splits(config: DigitsConfig) -> dict[str, np.ndarray]:
+    """The sorted image indices (into the 1797) of each part: "train", "val", "test"."""
+    n_val = max(1, round(N_IMAGES * config.val_fraction))
+    n_test = round(N_IMAGES * config.test_fraction)
+    if N_IMAGES - n_val - n_test < 1:
+        raise ValueError(
+            f"val_fraction={config.val_fraction} and test_fraction={config.test_fraction} leave "
+            f"no training images out of {N_IMAGES}"
+        )
+    val, test, train = split_indices(N_IMAGES, (n_val, n_test), config.split_seed)
+    return {"train": train, "val": val, "test": test}
 
 
 def _mlp(config: DigitsConfig) -> nn.Sequential:
@@ -58,38 +106,45 @@ def _mlp(config: DigitsConfig) -> nn.Sequential:
 
 
 def _build(config: DigitsConfig, seed: int, device: torch.device) -> Problem:
-    x_tr, y_tr, x_va, y_va = load_digits_split(config.val_fraction, config.split_seed)
-    x_train, y_train = torch.from_numpy(x_tr).to(device), torch.from_numpy(y_tr).to(device)
-    x_val, y_val = torch.from_numpy(x_va).to(device), torch.from_numpy(y_va).to(device)
-    model = _mlp(config).to(device)  # initialized from the trial seed (run_trial seeds torch)
+    x, y, sha = load_digits_data()
+    parts = data_splits(config)
+
+    def on_device(a: np.ndarray, part: str) -> Tensor:
+        return torch.from_numpy(a[parts[part]]).to(device)  # fancy indexing copies
+
+    x_train, y_train = on_device(x, "train"), on_device(y, "train")
+    with seeded_init(seed):  # the weights depend on the trial seed only
+        model = _mlp(config)
+    model = model.to(device)
     n = len(y_train)
     steps_per_epoch = -(-n // config.batch_size)
 
     def train_batches(epoch: int) -> list[tuple[Tensor, Tensor]]:
-        gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-        order = torch.randperm(n, generator=gen).to(device)
+        order = torch.randperm(n, generator=batch_generator(seed, epoch)).to(device)
         return [(x_train[idx], y_train[idx]) for idx in order.split(config.batch_size)]
 
     def loss_fn(m: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
         x, y = batch
         return F.cross_entropy(m(x), y)
 
-    def evaluate(m: nn.Module) -> dict[str, float]:
-        with torch.no_grad():
-            logits = m(x_val)
-            return {
-                "loss": float(F.cross_entropy(logits, y_val)),
-                "accuracy": float((logits.argmax(1) == y_val).float().mean()),
-            }
-
+    evaluate_test = None
+    if len(parts["test"]):
+        evaluate_test = classifier_evaluator(on_device(x, "test"), on_device(y, "test"))
     return Problem(
         model=model,
         train_batches=train_batches,
         loss_fn=loss_fn,
-        evaluate=evaluate,
+        evaluate=classifier_evaluator(on_device(x, "val"), on_device(y, "val")),
+        evaluate_test=evaluate_test,
         steps_per_epoch=steps_per_epoch,
         eval_every=steps_per_epoch,
-        extras={"n_train": n, "n_val": len(y_val)},
+        extras={
+            "n_train": n,
+            "n_val": len(parts["val"]),
+            "n_test": len(parts["test"]),
+            "data_sha256": sha,
+            "source": "sklearn.datasets.load_digits",
+        },
     )
 
 
@@ -100,8 +155,9 @@ def _build_any(config: Any, seed: int, device: torch.device) -> Problem:
 WORKLOAD = Workload(
     name="digits_mlp",
     description=(
-        "ReLU MLP on scikit-learn's bundled 8×8 handwritten digits (1797 images, fixed 80/20 "
-        "train/validation split); cross-entropy and accuracy. A few seconds per trial on a CPU."
+        "ReLU MLP on scikit-learn's bundled 8×8 handwritten digits (1797 images, fixed "
+        "60/20/20 train/validation/test split by split_seed); cross-entropy and accuracy. "
+        "A few seconds per trial on a CPU."
     ),
     config_model=DigitsConfig,
     default_budget=Budget(epochs=30),

@@ -1,4 +1,8 @@
-"""`noop`: one scalar parameter and an optional sleep per step, for queue tests and benchmarks."""
+"""`noop`: one scalar parameter and an optional sleep per step, for queue tests and benchmarks.
+
+No data, so no splits and no test set (`evaluate_test` is None). Nothing in it is random: the
+parameter starts at 0 and the seed moves the target, so seeds still give different results.
+"""
 
 from __future__ import annotations
 

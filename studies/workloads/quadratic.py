@@ -1,4 +1,11 @@
-"""`quadratic`: a noisy, ill-conditioned quadratic; a trial takes milliseconds (for tests)."""
+"""`quadratic`: a noisy, ill-conditioned quadratic; a trial takes milliseconds (for tests).
+
+There is no data here, so no train/validation/test split: the noise is in the gradients only, and
+`evaluate` is the exact, noise-free objective, which is also what a test set would estimate. A
+"test loss" would repeat the validation loss, so `evaluate_test` is None and the report says
+"no test split". The instance (rotation, curvatures, optimum) comes from `problem_seed`; its
+content hash is recorded as `problem_sha256`, since it depends on torch's generator.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +18,7 @@ from torch import Tensor, nn
 
 from studies.budget import Budget
 from studies.workloads.base import Problem, Workload
+from studies.workloads.common import batch_generator, content_sha256
 
 __all__ = ["WORKLOAD", "QuadraticConfig"]
 
@@ -45,7 +53,8 @@ def _build(config: QuadraticConfig, seed: int, device: torch.device) -> Problem:
     q, _ = torch.linalg.qr(torch.randn(config.dim, config.dim, generator=instance))
     curvature = torch.logspace(0.0, -math.log10(config.condition), config.dim)
     optimum = torch.randn(config.dim, generator=instance)
-    start_gen = torch.Generator().manual_seed(seed)
+    problem_sha = content_sha256(q.numpy(), curvature.numpy(), optimum.numpy())
+    start_gen = torch.Generator().manual_seed(seed)  # the start: the trial seed only
     start = optimum + torch.randn(config.dim, generator=start_gen)
 
     q, sqrt_curv, optimum = q.to(device), curvature.sqrt().to(device), optimum.to(device)
@@ -63,7 +72,7 @@ def _build(config: QuadraticConfig, seed: int, device: torch.device) -> Problem:
             return {"loss": float(0.5 * ((sqrt_curv * rotated_error(m)) ** 2).sum())}
 
     def train_batches(epoch: int) -> list[Tensor]:
-        gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        gen = batch_generator(seed, epoch)
         noise = config.noise * torch.randn(config.steps_per_epoch, config.dim, generator=gen)
         return list(noise.to(device).unbind(0))
 
@@ -74,6 +83,7 @@ def _build(config: QuadraticConfig, seed: int, device: torch.device) -> Problem:
         evaluate=evaluate,
         steps_per_epoch=config.steps_per_epoch,
         eval_every=config.eval_every,
+        extras={"problem_sha256": problem_sha},
     )
 
 

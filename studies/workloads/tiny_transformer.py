@@ -5,11 +5,17 @@ Adam is known to need learning-rate warmup; AdaMod's bound is meant to make warm
 The corpus is the source of a fixed list of standard-library modules, read from this Python's own
 stdlib directory, byte-level (vocabulary 256). Where those files are absent (a stripped install),
 or with `corpus: generated`, a deterministic synthetic language of arithmetic sentences is used.
+
+The corpus is cut into three contiguous parts, in this order: training, validation
+(`val_fraction`, default 10%) and test (`test_fraction`, default 10%; 0 for none). Contiguous, not
+shuffled: neighbouring windows of text overlap and share context, so a random split would leak
+training text into validation. Validation uses a fixed set of random windows (`eval_batches`
+batches, the same for every seed and evaluation); the test loss, computed once per trial, covers
+the whole test part in non-overlapping windows.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 import random
 import sysconfig
@@ -17,15 +23,24 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from torch import Tensor, nn
 from torch.nn import functional as F
 
 from studies.budget import Budget
 from studies.workloads.base import Problem, Workload
+from studies.workloads.common import batch_generator, content_sha256, seeded_init
 
-__all__ = ["STDLIB_FILES", "WORKLOAD", "TinyTransformerConfig", "load_corpus"]
+__all__ = [
+    "STDLIB_FILES",
+    "WORKLOAD",
+    "TinyTransformerConfig",
+    "corpus_parts",
+    "data_splits",
+    "load_corpus",
+]
 
 STDLIB_FILES = (
     "argparse.py",
@@ -58,6 +73,29 @@ class TinyTransformerConfig(BaseModel):
     steps_per_epoch: int = Field(default=100, ge=1, le=1_000_000)
     eval_every: int = Field(default=50, ge=1, le=1_000_000)
     eval_batches: int = Field(default=8, ge=1, le=1000, description="validation batches per eval")
+    val_fraction: float = Field(
+        default=0.1,
+        gt=0.0,
+        lt=1.0,
+        description="share of the corpus (after training) for validation",
+    )
+    test_fraction: float = Field(
+        default=0.1,
+        ge=0.0,
+        lt=1.0,
+        description="share of the corpus (at its end) held out for test",
+    )
+
+    @field_validator("test_fraction")
+    @classmethod
+    def _leaves_training_text(cls, value: float, info: ValidationInfo) -> float:
+        val = info.data.get("val_fraction")
+        if val is not None and val + value >= 1.0:
+            raise ValueError(
+                f"val_fraction + test_fraction must be < 1 (there must be training text); "
+                f"got val_fraction={val} + test_fraction={value}"
+            )
+        return value
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> TinyTransformerConfig:
@@ -92,6 +130,24 @@ def load_corpus(corpus: str) -> tuple[bytes, str]:
             data = b"".join(f.read_bytes() for f in files)
             return data, f"stdlib:{stdlib}"
     return _generated_text().encode(), "generated"
+
+
+def corpus_parts(n: int, val_fraction: float, test_fraction: float) -> tuple[slice, slice, slice]:
+    """The contiguous (train, validation, test) byte ranges of a corpus of n bytes."""
+    n_test = round(n * test_fraction)
+    n_val = round(n * val_fraction)
+    n_train = n - n_val - n_test
+    return slice(0, n_train), slice(n_train, n_train + n_val), slice(n_train + n_val, n)
+
+
+def data_splits(config: TinyTransformerConfig) -> dict[str, np.ndarray]:
+    """The byte positions (into the corpus) of each part: "train", "val", "test"."""
+    text, _ = load_corpus(config.corpus)
+    parts = corpus_parts(len(text), config.val_fraction, config.test_fraction)
+    return {
+        name: np.arange(len(text))[part]
+        for name, part in zip(("train", "val", "test"), parts, strict=True)
+    }
 
 
 class PostLNLanguageModel(nn.Module):
@@ -130,12 +186,23 @@ class PostLNLanguageModel(nn.Module):
 def _build(config: TinyTransformerConfig, seed: int, device: torch.device) -> Problem:
     text, source = load_corpus(config.corpus)
     data = torch.frombuffer(bytearray(text), dtype=torch.uint8).long()
-    split = int(len(data) * 0.9)
-    train, val = data[:split], data[split:]
+    parts = corpus_parts(len(data), config.val_fraction, config.test_fraction)
+    train, val, test = data[parts[0]], data[parts[1]], data[parts[2]]
     span = config.context + 1
-    if len(val) < span or len(train) < span:
-        raise ValueError(f"context ({config.context}) is too long for the corpus ({len(data)} B)")
-    model = PostLNLanguageModel(config).to(device)
+    too_short = [
+        name
+        for name, part in (("training", train), ("validation", val), ("test", test))
+        if len(part) < span and (name != "test" or config.test_fraction > 0)
+    ]
+    if too_short:
+        raise ValueError(
+            f"context ({config.context}) is too long for the {' and '.join(too_short)} part of "
+            f"the corpus ({len(data)} B; train/val/test {len(train)}/{len(val)}/{len(test)} B): "
+            f"lower context or raise val_fraction/test_fraction"
+        )
+    with seeded_init(seed):  # the weights depend on the trial seed only
+        model = PostLNLanguageModel(config)
+    model = model.to(device)
 
     # A fixed set of validation windows, the same for every seed and every evaluation.
     val_gen = torch.Generator().manual_seed(0)
@@ -146,9 +213,11 @@ def _build(config: TinyTransformerConfig, seed: int, device: torch.device) -> Pr
     offsets = torch.arange(span, device=device)
 
     def train_batches(epoch: int) -> list[Tensor]:
-        gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
         starts = torch.randint(
-            0, len(train) - span + 1, (config.steps_per_epoch, config.batch_size), generator=gen
+            0,
+            len(train) - span + 1,
+            (config.steps_per_epoch, config.batch_size),
+            generator=batch_generator(seed, epoch),
         ).to(device)
         return [train_dev[s[:, None] + offsets] for s in starts]
 
@@ -156,19 +225,47 @@ def _build(config: TinyTransformerConfig, seed: int, device: torch.device) -> Pr
         logits = m(windows[:, :-1])
         return F.cross_entropy(logits.reshape(-1, VOCAB), windows[:, 1:].reshape(-1))
 
-    def evaluate(m: nn.Module) -> dict[str, float]:
+    def mean_loss(m: nn.Module, windows: Tensor) -> dict[str, float]:
+        # Every window has `context` targets, so the mean of batch means weighted by batch size
+        # is the mean loss per byte.
+        total = 0.0
         with torch.no_grad():
-            losses = [lm_loss(m, w) for w in val_windows.split(config.batch_size)]
-            return {"loss": float(torch.stack(losses).mean())}
+            for w in windows.split(config.batch_size):
+                total += float(lm_loss(m, w)) * len(w)
+        return {"loss": total / len(windows)}
+
+    def evaluate(m: nn.Module) -> dict[str, float]:
+        return mean_loss(m, val_windows)
+
+    evaluate_test = None
+    n_test_windows = 0
+    if config.test_fraction > 0:
+        # The whole test part once, in non-overlapping windows (the tail shorter than a window
+        # is left out).
+        n_test_windows = len(test) // span
+        test_windows = test[: n_test_windows * span].view(n_test_windows, span).to(device)
+
+        def evaluate_test(m: nn.Module) -> dict[str, float]:
+            return mean_loss(m, test_windows)
 
     return Problem(
         model=model,
         train_batches=train_batches,
         loss_fn=lm_loss,
         evaluate=evaluate,
+        evaluate_test=evaluate_test,
         steps_per_epoch=config.steps_per_epoch,
         eval_every=config.eval_every,
-        extras={"corpus": source, "corpus_sha256": hashlib.sha256(text).hexdigest()[:16]},
+        extras={
+            "corpus": source,
+            "corpus_sha256": content_sha256(text),
+            # sizes in bytes (= tokens) of the three contiguous parts
+            "n_train": len(train),
+            "n_val": len(val),
+            "n_test": len(test),
+            "n_val_windows": n_val,
+            "n_test_windows": n_test_windows,
+        },
     )
 
 
@@ -181,7 +278,8 @@ WORKLOAD = Workload(
     description=(
         "Byte-level post-LayerNorm Transformer language model (2 layers, width 64 by default) on "
         "standard-library Python source shipped with the interpreter; validation cross-entropy in "
-        "nats per byte. The setting where Adam needs warmup. CPU-sized by default."
+        "nats per byte on a contiguous 80/10/10 train/validation/test split. The setting where "
+        "Adam needs warmup. CPU-sized by default."
     ),
     config_model=TinyTransformerConfig,
     default_budget=Budget(steps=400),

@@ -66,7 +66,8 @@ def test_digits_split_is_fixed_and_seed_moves_init_only() -> None:
     cfg = w.config_model()
     a: Problem = w.build(cfg, 0, torch.device("cpu"))
     b: Problem = w.build(cfg, 1, torch.device("cpu"))
-    assert a.extras == b.extras == {"n_train": 1438, "n_val": 359}
+    assert a.extras == b.extras
+    assert (a.extras["n_train"], a.extras["n_val"], a.extras["n_test"]) == (1079, 359, 359)
     first_a = a.train_batches(0)[0][1]
     assert torch.equal(first_a, w.build(cfg, 0, torch.device("cpu")).train_batches(0)[0][1])
     assert not torch.equal(first_a, b.train_batches(0)[0][1])
@@ -128,10 +129,13 @@ def test_cifar10_reads_the_real_pickle_format(fake_cifar: Path) -> None:
 
 
 def test_cifar10_resnet_trains_on_the_fake_directory(
-    fake_cifar: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv(DATA_DIR_ENV, str(fake_cifar.parent))  # from the environment this time
-    cfg = {"arch": "resnet20", "batch_size": 25, "train_subset": 100, "val_subset": 40}
+    # Validation is held out of the training batches: 300 images give 60 for validation.
+    fake = write_fake_cifar10(tmp_path / "data", per_batch=60)
+    monkeypatch.setenv(DATA_DIR_ENV, str(fake.parent))  # from the environment this time
+    cfg = {"arch": "resnet20", "batch_size": 25, "train_subset": 100, "val_subset": 40,
+           "val_fraction": 0.2}  # fmt: skip
     result = run_trial(trial("cifar10_resnet", "adam", 3e-3, workload_config=cfg,
                              budget={"epochs": 3}))  # fmt: skip
     assert result.state == "completed" and result.steps == 12
@@ -162,3 +166,4 @@ def test_cifar10_resnet_on_gpu(fake_cifar: Path) -> None:
     cfg = {"data_dir": str(fake_cifar), "arch": "resnet20", "batch_size": 25}
     result = run_trial(trial("cifar10_resnet", workload_config=cfg, budget={"epochs": 2}), "cuda")
     assert result.state == "completed" and result.device.startswith("cuda")
+
