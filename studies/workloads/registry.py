@@ -28,6 +28,7 @@ _BUILTIN_MODULES = {
     "digits_mlp": "studies.workloads.digits_mlp",
     "tiny_transformer": "studies.workloads.tiny_transformer",
     "cifar10_resnet": "studies.workloads.cifar10_resnet",
+    "mnist1d": "studies.workloads.mnist1d",
     "noop": "studies.workloads.noop",
 }
 

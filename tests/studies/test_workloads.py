@@ -1,9 +1,11 @@
-"""Every built-in workload trains for real on a small budget; CIFAR-10 reads the real format."""
+"""Every built-in workload trains for real on a small budget; CIFAR-10 reads the real format;
+MNIST-1D is generated offline. Splits and seeding of every workload: see test_splits.py."""
 
 from __future__ import annotations
 
 import json
 import pickle
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,7 @@ from studies.workloads.cifar10_resnet import DATA_DIR_ENV, find_cifar10, load_ci
 from studies.workloads.tiny_transformer import load_corpus
 from tests.studies.cifar_fake import write_fake_cifar10
 
-BUILTINS = {"quadratic", "digits_mlp", "tiny_transformer", "cifar10_resnet", "noop"}
+BUILTINS = {"quadratic", "digits_mlp", "tiny_transformer", "cifar10_resnet", "noop", "mnist1d"}
 
 
 def trial(workload: str, optimizer: str = "adam", lr: float = 1e-2, **kw: Any) -> TrialConfig:
@@ -167,3 +169,108 @@ def test_cifar10_resnet_on_gpu(fake_cifar: Path) -> None:
     result = run_trial(trial("cifar10_resnet", workload_config=cfg, budget={"epochs": 2}), "cuda")
     assert result.state == "completed" and result.device.startswith("cuda")
 
+
+# --------------------------------------------------------------------------- MNIST-1D
+
+
+@pytest.fixture
+def offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any attempt to open a network connection fails the test."""
+    import socket
+
+    def refuse(*_args: Any, **_kwargs: Any) -> None:
+        raise AssertionError("the workload tried to open a network connection")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+@pytest.fixture
+def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """An empty disk cache for MNIST-1D, and an empty in-process cache (restored afterwards)."""
+    from studies.workloads import mnist1d
+
+    monkeypatch.setenv(mnist1d.CACHE_DIR_ENV, str(tmp_path / "cache"))
+    mnist1d.generate_mnist1d.cache_clear()
+    yield tmp_path / "cache"
+    mnist1d.generate_mnist1d.cache_clear()
+
+
+SMALL_MNIST1D = {"num_samples": 2000, "eval_every": 50}
+
+
+def test_mnist1d_generates_offline_and_learns(offline: None, cache_dir: Path) -> None:
+    from studies.workloads import mnist1d
+
+    result = run_trial(trial("mnist1d", "adam", 3e-3, workload_config=SMALL_MNIST1D,
+                             budget={"steps": 200}))  # fmt: skip
+    assert result.state == "completed" and result.steps == 200
+    assert result.loss0 > 2.0  # about ln(10) = 2.30 untrained
+    assert result.loss < 0.8 * result.loss0
+    assert [p.step for p in result.curve] == [50, 100, 150, 200]
+    assert result.curve[-1].train_loss < result.curve[0].train_loss  # type: ignore[operator]
+    assert result.accuracy is not None and result.accuracy > 0.3  # chance is 0.1
+    assert result.test_loss is not None and result.test_accuracy is not None
+    extras = result.extras
+    assert (extras["n_train"], extras["n_val"], extras["n_test"]) == (1280, 320, 400)
+    assert extras["source"].startswith("mnist1d ") and "seed=42" in extras["source"]
+    assert list((cache_dir / "mnist1d").glob("*.npz"))  # generated once, cached on disk
+    assert mnist1d.WORKLOAD.default_budget.steps == 2000
+
+
+def test_mnist1d_cnn_learns(cache_dir: Path) -> None:
+    cfg = {**SMALL_MNIST1D, "model": "cnn"}
+    result = run_trial(trial("mnist1d", "adam", 1e-2, workload_config=cfg, budget={"steps": 100}))
+    assert result.state == "completed" and result.loss < result.loss0
+    w = get_workload("mnist1d")
+    model = w.build(w.config_model(**cfg), 0, torch.device("cpu")).model
+    # the reference CNN: 3 convolutions of 25 channels, 25 x 5 features into the classifier
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv1d)]
+    assert [c.out_channels for c in convs] == [25, 25, 25]
+    assert model.linear.in_features == 125  # type: ignore[union-attr]
+
+
+def test_mnist1d_default_test_set_is_the_packages(cache_dir: Path) -> None:
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    from studies.workloads.mnist1d import Mnist1dConfig, data_splits, generate_mnist1d
+
+    x, y, _ = generate_mnist1d()  # the defaults: 5000 samples, seed 42
+    parts = data_splits(Mnist1dConfig())
+    assert [len(parts[k]) for k in ("train", "val", "test")] == [3200, 800, 1000]
+    reference = make_dataset(get_dataset_args())
+    assert (x[parts["test"]] == reference["x_test"].astype("float32")).all()
+    assert (y[parts["test"]] == reference["y_test"]).all()
+
+
+def test_mnist1d_disk_cache_is_used_and_survives_corruption(
+    cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from studies.workloads import mnist1d
+
+    x, _, sha = mnist1d.generate_mnist1d(500, 7, False)
+    assert not x.flags.writeable  # shared between builds: read-only
+    (path,) = (cache_dir / "mnist1d").glob("*.npz")
+    mnist1d.generate_mnist1d.cache_clear()
+
+    def no_generation(*_args: Any) -> None:
+        raise AssertionError("generated again despite the disk cache")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(mnist1d, "_generate", no_generation)
+        assert mnist1d.generate_mnist1d(500, 7, False)[2] == sha
+    path.write_bytes(b"not an npz file")
+    mnist1d.generate_mnist1d.cache_clear()
+    assert mnist1d.generate_mnist1d(500, 7, False)[2] == sha  # regenerated, identical
+    assert mnist1d.generate_mnist1d(500, 8, False)[2] != sha  # another generator seed
+
+
+def test_mnist1d_config_is_strict() -> None:
+    model = get_workload("mnist1d").config_model
+    for bad in ({"model": "rnn"}, {"num_samples": 1005}, {"batch_size": 0}, {"extra": 1}):
+        with pytest.raises(ValueError):
+            model.model_validate(bad)
+    with pytest.raises(ValueError, match="empty split"):
+        from studies.workloads.mnist1d import data_splits
+
+        data_splits(model(num_samples=100, test_fraction=0.001))
