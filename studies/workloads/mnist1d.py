@@ -24,8 +24,9 @@ with the repository's residual connection around the second hidden layer) and `c
 convolutions of 25 channels, kernel 5/3/3, stride 2, padding 1, ReLU, then a linear layer).
 
 Default budget: 2,000 steps of batch 100 (62.5 epochs of 3,200). Measured on one CPU core (torch
-2.13, CPU build, one thread): an Adam trial of the MLP takes about 2 s, of the CNN about 5 s,
-generation excluded (the first trial of a process also generates or loads the data).
+2.13, CPU build, one thread, a busy 2-core machine): an MLP trial takes 1.3-2.2 s (Adam; AdaMod
+about 2.2 s), a CNN trial 4-5 s. Data excluded: the first trial of a process also loads them from
+the disk cache (milliseconds) or generates them (about 3 s with the package's import).
 """
 
 from __future__ import annotations
