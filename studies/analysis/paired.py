@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -88,6 +89,28 @@ class _SeedTest:
     needed: int | None
     ci_t: Interval | None
     ci_bootstrap: Interval | None
+
+    def fields(self) -> dict[str, Any]:
+        """The report fields every seed-level test shares (Comparison and BestVsBest)."""
+        return {
+            "mean_d": self.mean,
+            "share_better": self.share_better,
+            "p": self.p,
+            "min_possible_p": self.min_p,
+            "underpowered": self.underpowered,
+            "seeds_needed": self.needed,
+            "ci_t": self.ci_t,
+            "ci_bootstrap": self.ci_bootstrap,
+        }
+
+    def words(self, d: Sequence[float], what: str, empty: str) -> str:
+        """The verdict part of a headline: no test, underpowered, or the result with its p."""
+        n = len(d)
+        if n == 0:
+            return f"{empty}: no test (underpowered: needs ≥ {self.needed} seeds)"
+        if self.underpowered:
+            return _power_words(self, n, d)
+        return _verdict_words(self, n, what)
 
 
 def _seed_test(d: Sequence[float], seed: int, n_bootstrap: int = N_BOOTSTRAP) -> _SeedTest:
@@ -228,12 +251,11 @@ def compare(
         f"{_short(chal_report)} vs {_short(ref_report)} ({setting}; {n} seeds, "
         f"{len(per_lr)} common lrs): "
     )
-    if n == 0:
-        headline += "no seed has two common lrs with a result on both sides: no test"
-    elif test.underpowered:
-        headline += _power_words(test, n, d)
-    else:
-        headline += _verdict_words(test, n, "lower normalized lr sensitivity")
+    headline += test.words(
+        d,
+        "lower normalized lr sensitivity",
+        "no seed has two common lrs with results on both sides",
+    )
     if missing:
         headline += f"; {len(missing)} cell{'s' if len(missing) != 1 else ''} missing"
     return Comparison(
@@ -249,14 +271,7 @@ def compare(
         n_seeds=n,
         per_seed_d=per_seed,
         excluded_seeds=excluded,
-        mean_d=test.mean,
-        share_better=test.share_better,
-        p=test.p,
-        min_possible_p=test.min_p,
-        underpowered=test.underpowered,
-        seeds_needed=test.needed,
-        ci_t=test.ci_t,
-        ci_bootstrap=test.ci_bootstrap,
+        **test.fields(),
         per_lr=per_lr,
         missing_cells=missing,
         n_missing=len(missing),
@@ -332,12 +347,7 @@ def best_vs_best(
         f"{_short(ref_report)} at its best lr ({ref_report.best_lr:.3g}) "
         f"({warmup_words(key.warmup_steps)}, {key.schedule} schedule; {n} seeds): "
     )
-    if n == 0:
-        headline += "no seed has a result on both sides: no test"
-    elif test.underpowered:
-        headline += _power_words(test, n, d)
-    else:
-        headline += _verdict_words(test, n, "lower validation loss")
+    headline += test.words(d, "lower validation loss", "no seed has a result on both sides")
     mean_test = float(np.mean(tc[tests] - tr[tests])) if tests.any() else None
     if mean_test is not None:
         headline += f"; test loss Δ {mean_test:+.3g}"
@@ -352,14 +362,7 @@ def best_vs_best(
         reference_best_lr=ref_report.best_lr,
         n_seeds=n,
         per_seed_d=per_seed,
-        mean_d=test.mean,
-        share_better=test.share_better,
-        p=test.p,
-        min_possible_p=test.min_p,
-        underpowered=test.underpowered,
-        seeds_needed=test.needed,
-        ci_t=test.ci_t,
-        ci_bootstrap=test.ci_bootstrap,
+        **test.fields(),
         mean_test_delta=mean_test if mean_test is None or math.isfinite(mean_test) else None,
         headline=headline,
     )
