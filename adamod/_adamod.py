@@ -45,6 +45,12 @@ class AdaMod(BoundedAdamBase):
     float64 parameters and is float32 for bfloat16/float16 ones; those are updated in float32 and
     rounded once per step. ``step`` is a float32 CPU tensor per parameter.
 
+    torch.compile: a compiled function that calls ``step()`` works on every path. Dynamo
+    graph-breaks where the step count becomes a Python float (``step.item()``: the bias
+    corrections are host scalars, which keeps the eager path free of extra kernels) and, with
+    ``fused=True`` on CPU, around the C kernel (a ctypes call, which it cannot trace); those
+    parts run eagerly, so results equal the eager step's.
+
     Args:
         params: iterable of parameters or param-group dicts.
         lr: learning rate (>= 0); may be changed between steps (LR schedulers).
@@ -99,10 +105,8 @@ class AdaMod(BoundedAdamBase):
         }
         super().__init__(params, defaults, track_bounds=track_bounds)
 
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a param group, validating its options like the constructor does."""
-        super().add_param_group(param_group)
-        _check_group(self.param_groups[-1])
+    def _check_group(self, options: dict[str, Any]) -> None:
+        _check_group(options)
 
     def _group_update_options(self, group: dict[str, Any]) -> dict[str, Any]:
         return {"beta3": group["beta3"], "form": group["form"], "version": None}

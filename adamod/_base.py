@@ -32,8 +32,23 @@ class BoundedAdamBase(Optimizer):
         self.track_bounds = bool(track_bounds)
         self._tracker: BoundTracker | None = BoundTracker() if self.track_bounds else None
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle/deepcopy state: torch.optim's three keys plus our optimizer-wide options.
+
+        torch.optim.Optimizer.__getstate__ keeps only defaults, state and param_groups, so a
+        copy would silently lose track_bounds and the telemetry recorded so far.
+        """
+        state = super().__getstate__()
+        state["track_bounds"] = self.track_bounds
+        state["_tracker"] = self._tracker
+        return state
+
     def __setstate__(self, state: dict[str, Any]) -> None:
-        """Fill options added later and accept the authors' state (integer `step`)."""
+        """Fill options added later and accept the authors' state (integer `step`).
+
+        load_state_dict also calls this, with only state and param_groups: the optimizer-wide
+        options then stay as they are.
+        """
         super().__setstate__(state)
         for group in self.param_groups:
             self._fill_group_defaults(group)
@@ -44,9 +59,12 @@ class BoundedAdamBase(Optimizer):
                     p_state["step"] = torch.tensor(float(step), dtype=torch.float32)
                 elif step is not None and step.device.type != "cpu":
                     p_state["step"] = step.detach().to("cpu", torch.float32)
-        if not hasattr(self, "track_bounds"):
+        if not hasattr(self, "track_bounds"):  # pickled before track_bounds existed
             self.track_bounds = False
+        if not self.track_bounds:
             self._tracker = None
+        elif getattr(self, "_tracker", None) is None:
+            self._tracker = BoundTracker()
 
     def _fill_group_defaults(self, group: dict[str, Any]) -> None:
         """Give a param group every option this version knows, with its default."""
@@ -55,6 +73,25 @@ class BoundedAdamBase(Optimizer):
         group.setdefault("fused", None)
         for key, value in self._group_defaults.items():
             group.setdefault(key, value)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a param group, validating its options like the constructor does.
+
+        The options are checked before torch.optim stores the group, so that a group that is
+        rejected (bad option, parameter already in another group) leaves the optimizer as it was.
+        """
+        if isinstance(param_group, dict):
+            options = {**self.defaults, **param_group}
+            options.pop("params", None)
+            self._check_group(options)
+            super().add_param_group(param_group)
+            param_group["betas"] = options["betas"]  # normalised by the check
+        else:
+            super().add_param_group(param_group)  # raises torch's TypeError
+
+    def _check_group(self, options: dict[str, Any]) -> None:
+        """Validate one group's options in place (subclasses define the checks)."""
+        raise NotImplementedError
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load like torch.optim, then keep float32 state for reduced-precision params."""
@@ -70,9 +107,25 @@ class BoundedAdamBase(Optimizer):
                     if key != "step" and torch.is_tensor(value) and value.is_floating_point():
                         self.state[param][key] = value.to(param.device, torch.float32, copy=True)
 
-    def _init_group(self, group: dict[str, Any]) -> tuple[list[Tensor], ...]:
-        """Collect the params of a group that have a gradient, creating their state lazily."""
-        params, grads, avgs, sqs, lrs, prevs, steps = [], [], [], [], [], [], []
+    def _init_group(
+        self,
+        group: dict[str, Any],
+        params: list[Tensor],
+        grads: list[Tensor],
+        exp_avgs: list[Tensor],
+        exp_avg_sqs: list[Tensor],
+        exp_avg_lrs: list[Tensor],
+        previous_grads: list[Tensor],
+        state_steps: list[Tensor],
+    ) -> bool:
+        """Fill the lists with the params of a group that have a gradient, creating state lazily.
+
+        This follows torch.optim.Adam's `_init_group` contract on purpose: TorchDynamo runs a
+        method of this name eagerly instead of tracing it, appends the tensors it put into the
+        list arguments (passed positionally) to the traced lists, and turns the return value into
+        a graph constant. So the lists are filled in place and the return value is a plain bool
+        (whether the group holds complex params, always False: those are rejected).
+        """
         for index, p in enumerate(group["params"]):
             if p.grad is None:
                 continue
@@ -105,13 +158,13 @@ class BoundedAdamBase(Optimizer):
                 )
             params.append(p)
             grads.append(p.grad)
-            avgs.append(state["exp_avg"])
-            sqs.append(state["exp_avg_sq"])
-            lrs.append(state["exp_avg_lr"])
-            steps.append(state["step"])
+            exp_avgs.append(state["exp_avg"])
+            exp_avg_sqs.append(state["exp_avg_sq"])
+            exp_avg_lrs.append(state["exp_avg_lr"])
+            state_steps.append(state["step"])
             if self._keeps_previous_grad:
-                prevs.append(state["previous_grad"])
-        return params, grads, avgs, sqs, lrs, prevs, steps
+                previous_grads.append(state["previous_grad"])
+        return False
 
     def _group_update_options(self, group: dict[str, Any]) -> dict[str, Any]:
         """Return beta3, form and version for one group (subclasses define them)."""
@@ -125,7 +178,14 @@ class BoundedAdamBase(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            params, grads, avgs, sqs, lrs, prevs, steps = self._init_group(group)
+            params: list[Tensor] = []
+            grads: list[Tensor] = []
+            avgs: list[Tensor] = []
+            sqs: list[Tensor] = []
+            lrs: list[Tensor] = []
+            prevs: list[Tensor] = []
+            steps: list[Tensor] = []
+            self._init_group(group, params, grads, avgs, sqs, lrs, prevs, steps)
             if not params:
                 continue
             beta1, beta2 = group["betas"]

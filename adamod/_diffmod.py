@@ -91,10 +91,8 @@ class DiffMod(BoundedAdamBase):
         }
         super().__init__(params, defaults, track_bounds=track_bounds)
 
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a param group, validating its options like the constructor does."""
-        super().add_param_group(param_group)
-        _check_group(self.param_groups[-1])
+    def _check_group(self, options: dict[str, Any]) -> None:
+        _check_group(options)
 
     def _fill_group_defaults(self, group: dict[str, Any]) -> None:
         # the authors' diffMod stores beta3, not len_memory
