@@ -159,7 +159,7 @@ class Database:
                     upgrade_head(connection)
                 # Optuna creating its tables from two processes at once races on PostgreSQL's
                 # catalog; doing it here, under the same lock, makes start-up safe.
-                from studies.db.optuna_bridge import init_optuna_schema
+                from studies.db.optuna_schema import init_optuna_schema
 
                 init_optuna_schema(self.url)
             finally:

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from studies.db.optuna_schema import engine_kwargs, init_optuna_schema
+
 if TYPE_CHECKING:
     import optuna
     from sqlalchemy.orm import Session
@@ -131,21 +133,6 @@ def capped_value(state: str, loss: float | None, loss0: float | None) -> float |
     return loss if loss0 is None else min(loss, loss0)
 
 
-def _engine_kwargs(url: str) -> dict[str, Any]:
-    if url.startswith("sqlite"):
-        # Optuna's engine knows nothing of our workers writing at the same time: wait, don't fail.
-        return {"connect_args": {"timeout": 30}}
-    return {"pool_pre_ping": True, "pool_size": 2, "max_overflow": 4}
-
-
-def init_optuna_schema(url: str) -> None:
-    """Creates (or upgrades the check of) Optuna's tables; called by Database.migrate()."""
-    import optuna
-
-    storage = optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url))
-    storage.engine.dispose()
-
-
 def get_storage(url: str) -> optuna.storages.RDBStorage:
     """One RDBStorage per URL per process (creating one costs a schema check)."""
     import optuna
@@ -156,7 +143,7 @@ def get_storage(url: str) -> optuna.storages.RDBStorage:
         if storage is None:
             storage = optuna.storages.RDBStorage(
                 url,
-                engine_kwargs=_engine_kwargs(url),
+                engine_kwargs=engine_kwargs(url),
                 skip_compatibility_check=True,
                 skip_table_creation=True,
             )
