@@ -270,8 +270,11 @@ def cancel_study(db: Database, study_id: int) -> StudyView | None:
     A study whose trials have all finished is left as it is. None when the study does not exist.
     """
     with db.session() as session:
+        # FOR NO KEY UPDATE (key_share): the key is not changed, and a plain FOR UPDATE would
+        # conflict with the KEY SHARE locks that foreign-key checks of concurrent trial writes
+        # take on this row, which deadlocked against a worker holding a trial row (seen in CI).
         study = session.execute(
-            select(StudyRow).where(StudyRow.id == study_id).with_for_update()
+            select(StudyRow).where(StudyRow.id == study_id).with_for_update(key_share=True)
         ).scalar_one_or_none()
         if study is None:
             return None
