@@ -15,6 +15,7 @@ from html import escape
 from typing import Any
 
 from studies.compare import TAU_MAX, Comparison, PerformanceProfile
+from studies.html import page_html
 
 # Imported at module import: a first import of matplotlib from several threads at once (the service
 # renders in a thread pool) fails half-initialized. The guard keeps the module importable.
@@ -256,16 +257,7 @@ def render_compare_html(comparison: Comparison, title: str | None = None) -> str
     definitions = "".join(
         f"<dt>{escape(k)}</dt><dd>{escape(v)}</dd>" for k, v in comparison.definitions.items()
     )
-    return f"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{escape(title)}</title>
-<style>{_CSS}</style>
-</head>
-<body>
-<h1>{escape(title)}</h1>
+    body = f"""<h1>{escape(title)}</h1>
 <p class="meta">{len(comparison.studies)} studies · {len(comparison.configs)} configurations in
 every study · performance profiles (Dolan &amp; Moré 2002, as AlgoPerf)</p>
 <h2>Studies</h2>
@@ -280,7 +272,5 @@ src="data:image/png;base64,{png}"><figcaption>{escape(_CAPTION)}</figcaption></f
 <h2>Configurations not in every study</h2>
 {_missing(comparison)}
 <h2>Definitions</h2>
-<dl>{definitions}</dl>
-</body>
-</html>
-"""
+<dl>{definitions}</dl>"""
+    return page_html(title, _CSS, body)

@@ -25,7 +25,7 @@ from studies.analysis.models import (
 from studies.analysis.names import display_name, warmup_words
 from studies.plots import PLOT_NAMES, render_plot
 
-__all__ = ["render_html"]
+__all__ = ["page_html", "render_html"]
 
 #: Rows shown of a long list (failures, missing cells); the rest is counted and in report.json.
 MAX_LIST_ROWS = 200
@@ -661,13 +661,18 @@ def render_html(report: Report, title: str, *, figures: Mapping[str, bytes] | No
         _warmup_section(report),
         _definitions_section(report),
     ])  # fmt: skip
+    return page_html(title, _CSS, body)
+
+
+def page_html(title: str, css: str, body: str) -> str:
+    """A self-contained HTML document: the escaped title, inline CSS, and the body as given."""
     return f"""<!DOCTYPE html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{escape(title)}</title>
-<style>{_CSS}</style>
+<style>{css}</style>
 </head>
 <body>
 {body}
