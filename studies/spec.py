@@ -41,6 +41,7 @@ __all__ = [
     "MAX_AXIS_VALUES",
     "MAX_LR_VALUES",
     "OPTIMIZERS",
+    "PACK_MEMBER_AXES",
     "SCHEDULES",
     "Budget",
     "LrGrid",
@@ -55,6 +56,8 @@ __all__ = [
 
 OPTIMIZERS = ("adam", "adamw", "adamod", "diffmod", "sgd", "radam", "nadamw")
 BOUNDED_OPTIMIZERS = ("adamod", "diffmod")
+# The grid axes in which the members of one trial pack may differ (TrialConfig.pack_key).
+PACK_MEMBER_AXES = ("lr", "beta3", "warmup_steps", "seed")
 SCHEDULES = ("constant", "cosine")
 AUTO_WARMUP = "auto"
 DEFAULT_MAX_TRIALS = 5000
@@ -461,6 +464,20 @@ class TrialConfig(BaseModel):
     def key(self) -> str:
         """Canonical hash: sha256 hex of the canonical JSON; equal configs give equal keys."""
         return hashlib.sha256(self.canonical_json().encode()).hexdigest()
+
+    def pack_key(self) -> str:
+        """What trials must share to train in one pack (one vectorized model): the sha256 hex of
+        the canonical JSON without the per-member axes lr, beta3, warmup_steps and seed.
+
+        Workload, workload_config, budget, optimizer, schedule, betas, eps and weight decay are
+        the same for every member of a pack; equal keys mean the trials can be packed (when the
+        workload can be packed at all, see Workload.packable).
+        """
+        data = json.loads(self.canonical_json())
+        for axis in PACK_MEMBER_AXES:
+            data.pop(axis, None)
+        text = json.dumps(data, sort_keys=True, separators=(",", ":"), allow_nan=False)
+        return hashlib.sha256(text.encode()).hexdigest()
 
     def params(self) -> dict[str, Any]:
         """The flat, JSON-able grid coordinates (for Optuna and the REST trial listing)."""

@@ -10,8 +10,7 @@ import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -19,6 +18,15 @@ from torch import nn
 
 from studies.optimizers import build_optimizer
 from studies.spec import TrialConfig
+from studies.trial_result import (
+    MAX_BOUND_POINTS,
+    EvalPoint,
+    TrialLog,
+    TrialResult,
+    eval_due,
+    initial_loss,
+    summarize_bounds,
+)
 from studies.workloads.base import Problem
 from studies.workloads.registry import get_workload
 
@@ -28,14 +36,11 @@ __all__ = [
     "PreparedTrial",
     "TrialResult",
     "lr_multiplier",
+    "prepare_problem",
     "prepare_trial",
     "resolve_device",
     "run_trial",
 ]
-
-MAX_BOUND_POINTS = 200  # the per-step bound series is downsampled to at most this many points
-
-TrialState = Literal["completed", "diverged", "cancelled"]
 
 
 def lr_multiplier(step: int, *, warmup_steps: int, total_steps: int, schedule: str) -> float:
@@ -64,52 +69,6 @@ def lr_multiplier(step: int, *, warmup_steps: int, total_steps: int, schedule: s
     raise ValueError(f"unknown schedule {schedule!r}; expected constant or cosine")
 
 
-@dataclass
-class EvalPoint:
-    """One evaluation on validation data during a trial."""
-
-    step: int
-    epoch: float
-    val_loss: float
-    train_loss: float | None  # mean training loss since the previous evaluation
-    accuracy: float | None
-
-
-@dataclass
-class TrialResult:
-    """The outcome of one trial, JSON-able through to_dict()."""
-
-    state: TrialState
-    loss: float | None  # final validation loss; None when diverged, or cancelled before any
-    loss0: float  # validation loss before step 1
-    accuracy: float | None
-    curve: list[EvalPoint]
-    bound_stats: dict[str, Any] | None
-    steps: int
-    duration_s: float
-    device: str
-    torch_version: str
-    # On the workload's held-out test split, once at the end of a completed trial; None when the
-    # workload has no test split, or the trial diverged or was cancelled.
-    test_loss: float | None = None
-    test_accuracy: float | None = None
-    extras: dict[str, Any] = field(default_factory=dict)  # facts from the workload (data, sizes)
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-able dict (no NaN or infinity anywhere)."""
-        return _json_safe(asdict(self))
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    return value
-
-
 def resolve_device(device: str | torch.device) -> torch.device:
     """A torch.device from 'cpu', 'cuda', 'cuda:N' or 'auto' (CUDA when available)."""
     if isinstance(device, torch.device):
@@ -135,33 +94,6 @@ def _seed_everything(seed: int, device: torch.device) -> None:
         torch.cuda.manual_seed_all(seed)
 
 
-def _summarize_bounds(stats: dict[str, list[float]]) -> dict[str, Any]:
-    """A compact summary plus the per-step series downsampled to MAX_BOUND_POINTS."""
-    steps = stats.get("step", [])
-    n = len(steps)
-    if n == 0:
-        return {"summary": {}, "series": {}, "n_steps": 0}
-    idx = np.unique(np.linspace(0, n - 1, min(n, MAX_BOUND_POINTS)).round().astype(int))
-    series = {key: [float(values[i]) for i in idx] for key, values in stats.items()}
-    summary: dict[str, float] = {}
-    for key, values in stats.items():
-        if key == "step" or not values:
-            continue
-        arr = np.asarray(values, dtype=float)
-        finite = arr[np.isfinite(arr)]
-        summary[f"{key}_final"] = float(arr[-1])
-        if finite.size:
-            summary[f"{key}_mean"] = float(finite.mean())
-            summary[f"{key}_max"] = float(finite.max())
-    frac = np.asarray(stats.get("bound_active_frac", []), dtype=float)
-    if frac.size:
-        # How long the bound acts as a warmup: the first step where fewer than half the
-        # elements are clipped by the moving average.
-        below = np.nonzero(frac < 0.5)[0]
-        summary["bound_half_release_step"] = float(steps[int(below[0])]) if below.size else None  # type: ignore[assignment]
-    return _json_safe({"summary": summary, "series": series, "n_steps": n})
-
-
 @dataclass
 class PreparedTrial:
     """A trial set up and not yet trained: what a seed gives, before the first step.
@@ -178,6 +110,20 @@ class PreparedTrial:
     total_steps: int
 
 
+def prepare_problem(config: TrialConfig, device: torch.device) -> tuple[Problem, int]:
+    """Seed every generator, then build the workload's problem; returns it and the step budget.
+
+    The one place where a config and a seed become a model and its data, for one trial and for
+    every member of a pack alike: a packed member starts from exactly the weights and batches
+    its unfused trial would.
+    """
+    workload = get_workload(config.workload)
+    workload_config = workload.config_model.model_validate(config.workload_config)
+    _seed_everything(config.seed, device)
+    problem = workload.build(workload_config, config.seed, device)
+    return problem, config.budget.total_steps(problem.steps_per_epoch)
+
+
 def prepare_trial(config: TrialConfig, device: str | torch.device = "cpu") -> PreparedTrial:
     """Seed every generator, build the workload's problem, the optimizer and the step budget.
 
@@ -186,18 +132,13 @@ def prepare_trial(config: TrialConfig, device: str | torch.device = "cpu") -> Pr
     the configs of one seed runs before the model and the data exist.
     """
     dev = resolve_device(device)
-    workload = get_workload(config.workload)
-    workload_config = workload.config_model.model_validate(config.workload_config)
-    _seed_everything(config.seed, dev)
-    problem = workload.build(workload_config, config.seed, dev)
-    model = problem.model
-    total_steps = config.budget.total_steps(problem.steps_per_epoch)
-    optimizer = build_optimizer(config, model.parameters())
+    problem, total_steps = prepare_problem(config, dev)
+    optimizer = build_optimizer(config, problem.model.parameters())
     return PreparedTrial(
         config=config,
         device=dev,
         problem=problem,
-        model=model,
+        model=problem.model,
         optimizer=optimizer,
         total_steps=total_steps,
     )
@@ -215,21 +156,13 @@ def run_trial(
     optimizer, total_steps = prepared.optimizer, prepared.total_steps
 
     model.eval()
-    first = problem.evaluate(model)
-    loss0 = float(first["loss"])
-    if not math.isfinite(loss0):
-        raise ValueError(
-            f"workload {config.workload!r} gave a non-finite loss before training ({loss0})"
-        )
-
+    loss0 = initial_loss(config.workload, problem.evaluate(model))
     base_lrs = [group["lr"] for group in optimizer.param_groups]
     applied = 1.0  # the multiplier the param groups hold now
-    curve: list[EvalPoint] = []
-    state: TrialState = "completed"
+    log = TrialLog(problem.steps_per_epoch)
     step, epoch = 0, 0
-    train_sum, train_count = 0.0, 0
     model.train()
-    while step < total_steps and state == "completed":
+    while step < total_steps and log.running:
         for batch in problem.train_batches(epoch):
             step += 1
             scale = lr_multiplier(
@@ -244,67 +177,39 @@ def run_trial(
                 applied = scale
             optimizer.zero_grad(set_to_none=True)
             loss = problem.loss_fn(model, batch)
-            loss_value = float(loss.detach())  # one host sync per step: divergence stops here
-            if not math.isfinite(loss_value):
-                state = "diverged"
+            # one host sync per step: divergence stops here
+            if not log.train_loss(step, float(loss.detach())):
                 break
             loss.backward()
             optimizer.step()
-            train_sum += loss_value
-            train_count += 1
-            if step % problem.eval_every == 0 or step == total_steps:
+            if eval_due(step, eval_every=problem.eval_every, total_steps=total_steps):
                 model.eval()
-                metrics = problem.evaluate(model)
+                point = log.evaluation(step, problem.evaluate(model))
                 model.train()
-                val_loss = float(metrics["loss"])
-                if not math.isfinite(val_loss):
-                    state = "diverged"
+                if point is None:
                     break
-                accuracy = metrics.get("accuracy")
-                point = EvalPoint(
-                    step=step,
-                    epoch=step / problem.steps_per_epoch,
-                    val_loss=val_loss,
-                    train_loss=train_sum / train_count if train_count else None,
-                    accuracy=None if accuracy is None else float(accuracy),
-                )
-                train_sum, train_count = 0.0, 0
-                curve.append(point)
                 if report is not None and report(point):
-                    state = "cancelled"
+                    log.cancel()
                     break
             if step >= total_steps:
                 break
         epoch += 1
 
-    test_loss = test_accuracy = None
-    if state == "completed" and problem.evaluate_test is not None:
+    test = None
+    if log.state == "completed" and problem.evaluate_test is not None:
         # Once, at the end, and never for selection: the report picks the best lr on validation
         # loss and shows the test loss there (ROBUSTNESS.md, "Per trial").
         model.eval()
         test = problem.evaluate_test(model)
-        test_loss = float(test["loss"])
-        if test.get("accuracy") is not None:
-            test_accuracy = float(test["accuracy"])
-
     bound_stats = None
     if hasattr(optimizer, "bound_stats"):
-        bound_stats = _summarize_bounds(optimizer.bound_stats())
-    last = curve[-1] if curve else None
-    final_loss = None if state == "diverged" or last is None else last.val_loss
-    final_acc = None if state == "diverged" or last is None else last.accuracy
-    return TrialResult(
-        state=state,
-        loss=final_loss,
+        bound_stats = summarize_bounds(optimizer.bound_stats())
+    return log.result(
         loss0=loss0,
-        accuracy=final_acc,
-        curve=curve,
+        test=test,
         bound_stats=bound_stats,
-        steps=step,
         duration_s=time.perf_counter() - started,
         device=str(dev),
         torch_version=torch.__version__,
-        test_loss=test_loss,
-        test_accuracy=test_accuracy,
         extras=dict(problem.extras),
     )

@@ -12,7 +12,12 @@ from torch import Tensor, nn
 
 from studies.budget import Budget
 
-__all__ = ["Problem", "Workload"]
+__all__ = ["MetricsFn", "Problem", "Workload"]
+
+# Validation or test metrics as 0-dim tensors ({"loss": ..., optional "accuracy": ...}), written
+# without host syncs, in-place updates of outside tensors or data-dependent Python control flow,
+# so that torch.func.vmap can evaluate every member of a trial pack in one pass.
+MetricsFn = Callable[[nn.Module], dict[str, Tensor]]
 
 
 @dataclass
@@ -29,6 +34,11 @@ class Problem:
     # Held-out test data, evaluated once at the end of a trial ({"loss": ..., "accuracy": ...});
     # None for a workload without a test split (the report then says "no test split").
     evaluate_test: Callable[[nn.Module], dict[str, float]] | None = None
+    # The tensor forms of evaluate / evaluate_test (see MetricsFn), which the pack runner
+    # vectorizes over members; a packable workload gives them (evaluate is then usually
+    # float_metrics(metrics)). Without them a pack evaluates its members one at a time.
+    metrics: MetricsFn | None = None
+    test_metrics: MetricsFn | None = None
 
     def __post_init__(self) -> None:
         if self.steps_per_epoch < 1:
@@ -46,10 +56,23 @@ class Workload:
     config_model: type[BaseModel]
     default_budget: Budget
     build: Callable[[Any, int, torch.device], Problem]  # (validated config, seed, device)
+    # Whether members of a trial pack can share one vectorized model (studies/pack.py): true
+    # when the problems of different seeds differ only in the model's parameters and buffers and
+    # in the batches, and the loss has no state across steps or members. Batch norm's running
+    # statistics are module state that functional_call does not carry: such workloads say False.
+    packable: bool = False
+    # For a packable workload whose configs are not all packable: a config -> reason (None: ok).
+    pack_refusal: Callable[[Any], str | None] | None = None
 
     def config_schema(self) -> dict[str, Any]:
         """The JSON schema of this workload's `workload_config` (for GET /workloads)."""
         return self.config_model.model_json_schema()
+
+    def why_not_packable(self, config: Any) -> str | None:
+        """None when trials of this (validated) config can train in a pack, else the reason."""
+        if not self.packable:
+            return f"workload {self.name!r} cannot be trained in a pack"
+        return None if self.pack_refusal is None else self.pack_refusal(config)
 
     def default_config(self) -> dict[str, Any]:
         """The normalized config when a spec gives none."""

@@ -18,10 +18,14 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from studies.workloads.base import MetricsFn
+
 __all__ = [
     "batch_generator",
     "classifier_evaluator",
+    "classifier_metrics",
     "content_sha256",
+    "float_metrics",
     "seeded_init",
     "split_indices",
 ]
@@ -85,22 +89,43 @@ def content_sha256(*chunks: bytes | np.ndarray) -> str:
     return digest.hexdigest()[:16]
 
 
-def classifier_evaluator(
-    x: Tensor, y: Tensor, chunk: int = 4096
-) -> Callable[[nn.Module], dict[str, float]]:
-    """Mean cross-entropy and accuracy of a classifier on (x, y), in chunks of `chunk` examples
-    (so a large split never needs one huge forward pass); for `evaluate` and `evaluate_test`."""
+def classifier_metrics(x: Tensor, y: Tensor, chunk: int = 4096) -> MetricsFn:
+    """Mean cross-entropy and accuracy of a classifier on (x, y) as 0-dim float64 tensors, in
+    chunks of `chunk` examples (so a large split never needs one huge forward pass).
+
+    Written for torch.func.vmap (the pack runner evaluates every member at once): sums are
+    out-of-place and nothing leaves the device.
+    """
     if len(y) == 0:
         raise ValueError("cannot evaluate on an empty split")
+    n = len(y)
 
-    def evaluate(m: nn.Module) -> dict[str, float]:
-        total = torch.zeros((), dtype=torch.float64, device=y.device)
-        correct = torch.zeros((), dtype=torch.int64, device=y.device)
+    def metrics(m: nn.Module) -> dict[str, Tensor]:
+        losses, hits = [], []
         with torch.no_grad():
             for xb, yb in zip(x.split(chunk), y.split(chunk), strict=True):
                 logits = m(xb).float()
-                total += F.cross_entropy(logits, yb, reduction="sum").double()
-                correct += (logits.argmax(1) == yb).sum()
-        return {"loss": float(total) / len(y), "accuracy": float(correct) / len(y)}
+                losses.append(F.cross_entropy(logits, yb, reduction="sum").double())
+                hits.append((logits.argmax(-1) == yb).sum())
+        return {
+            "loss": torch.stack(losses).sum() / n,
+            "accuracy": torch.stack(hits).sum().double() / n,
+        }
+
+    return metrics
+
+
+def float_metrics(metrics: MetricsFn) -> Callable[[nn.Module], dict[str, float]]:
+    """The Problem.evaluate form of a MetricsFn: the same numbers as Python floats."""
+
+    def evaluate(m: nn.Module) -> dict[str, float]:
+        return {key: float(value) for key, value in metrics(m).items()}
 
     return evaluate
+
+
+def classifier_evaluator(
+    x: Tensor, y: Tensor, chunk: int = 4096
+) -> Callable[[nn.Module], dict[str, float]]:
+    """classifier_metrics as Python floats, for `evaluate` and `evaluate_test`."""
+    return float_metrics(classifier_metrics(x, y, chunk))

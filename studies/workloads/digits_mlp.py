@@ -21,8 +21,9 @@ from studies.budget import Budget
 from studies.workloads.base import Problem, Workload
 from studies.workloads.common import (
     batch_generator,
-    classifier_evaluator,
+    classifier_metrics,
     content_sha256,
+    float_metrics,
     seeded_init,
     split_indices,
 )
@@ -127,15 +128,18 @@ def _build(config: DigitsConfig, seed: int, device: torch.device) -> Problem:
         x, y = batch
         return F.cross_entropy(m(x), y)
 
-    evaluate_test = None
+    metrics = classifier_metrics(on_device(x, "val"), on_device(y, "val"))
+    test_metrics = None
     if len(parts["test"]):
-        evaluate_test = classifier_evaluator(on_device(x, "test"), on_device(y, "test"))
+        test_metrics = classifier_metrics(on_device(x, "test"), on_device(y, "test"))
     return Problem(
         model=model,
         train_batches=train_batches,
         loss_fn=loss_fn,
-        evaluate=classifier_evaluator(on_device(x, "val"), on_device(y, "val")),
-        evaluate_test=evaluate_test,
+        evaluate=float_metrics(metrics),
+        evaluate_test=None if test_metrics is None else float_metrics(test_metrics),
+        metrics=metrics,
+        test_metrics=test_metrics,
         steps_per_epoch=steps_per_epoch,
         eval_every=steps_per_epoch,
         extras={
@@ -162,4 +166,5 @@ WORKLOAD = Workload(
     config_model=DigitsConfig,
     default_budget=Budget(epochs=30),
     build=_build_any,
+    packable=True,
 )

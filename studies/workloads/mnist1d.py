@@ -52,8 +52,9 @@ from studies.budget import Budget
 from studies.workloads.base import Problem, Workload
 from studies.workloads.common import (
     batch_generator,
-    classifier_evaluator,
+    classifier_metrics,
     content_sha256,
+    float_metrics,
     seeded_init,
     split_indices,
 )
@@ -310,12 +311,16 @@ def _build(config: Mnist1dConfig, seed: int, device: torch.device) -> Problem:
         xb, yb = batch
         return F.cross_entropy(m(xb), yb)
 
+    metrics = classifier_metrics(on_device(x, val_idx), on_device(y, val_idx))
+    test_metrics = classifier_metrics(on_device(x, test_idx), on_device(y, test_idx))
     return Problem(
         model=model,
         train_batches=train_batches,
         loss_fn=loss_fn,
-        evaluate=classifier_evaluator(on_device(x, val_idx), on_device(y, val_idx)),
-        evaluate_test=classifier_evaluator(on_device(x, test_idx), on_device(y, test_idx)),
+        evaluate=float_metrics(metrics),
+        evaluate_test=float_metrics(test_metrics),
+        metrics=metrics,
+        test_metrics=test_metrics,
         steps_per_epoch=steps_per_epoch,
         eval_every=config.eval_every,
         extras={
@@ -346,4 +351,5 @@ WORKLOAD = Workload(
     config_model=Mnist1dConfig,
     default_budget=Budget(steps=2000),
     build=_build_any,
+    packable=True,
 )

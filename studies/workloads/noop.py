@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from studies.budget import Budget
 from studies.workloads.base import Problem, Workload
+from studies.workloads.common import float_metrics
 
 __all__ = ["WORKLOAD", "NoopConfig"]
 
@@ -41,17 +42,24 @@ class NoopConfig(BaseModel):
 
 
 class _Scalar(nn.Module):
-    """One trainable number."""
+    """One trainable number and its target (a buffer, so that a trial pack stacks it per member)."""
 
-    def __init__(self) -> None:
+    def __init__(self, target: float) -> None:
         super().__init__()
         self.p = nn.Parameter(torch.zeros(1))
+        self.register_buffer("target", torch.tensor(target))
+
+
+def _refuse_seed_faults(config: NoopConfig) -> str | None:
+    if config.fail_seeds is not None:
+        return "noop with fail_seeds fails some seeds only: its trials cannot share a pack"
+    return None
 
 
 def _build(config: NoopConfig, seed: int, device: torch.device) -> Problem:
-    model = _Scalar().to(device)
-    target = 1.0 + 0.01 * seed  # seeds differ a little, so results are not all identical
-    counter = {"step": 0}
+    # seeds differ a little, so results are not all identical
+    model = _Scalar(1.0 + 0.01 * seed).to(device)
+    counter = {"step": 0}  # in a pack, one call per step for all members: the same count
 
     def loss_fn(m: nn.Module, _batch: Any) -> Tensor:
         counter["step"] += 1
@@ -61,14 +69,14 @@ def _build(config: NoopConfig, seed: int, device: torch.device) -> Problem:
             config.fail_seeds is None or seed in config.fail_seeds
         ):
             raise RuntimeError(f"noop workload: failing on purpose at step {counter['step']}")
-        loss = ((m.p - target) ** 2).sum()
+        loss = ((m.p - m.target) ** 2).sum()
         if config.diverge_at_step is not None and counter["step"] >= config.diverge_at_step:
             loss = loss * float("nan")
         return loss
 
-    def evaluate(m: nn.Module) -> dict[str, float]:
+    def metrics(m: nn.Module) -> dict[str, Tensor]:
         with torch.no_grad():
-            return {"loss": float(((m.p - target) ** 2).sum())}
+            return {"loss": ((m.p - m.target) ** 2).sum()}
 
     def train_batches(_epoch: int) -> range:
         return range(config.steps_per_epoch)
@@ -77,7 +85,8 @@ def _build(config: NoopConfig, seed: int, device: torch.device) -> Problem:
         model=model,
         train_batches=train_batches,
         loss_fn=loss_fn,
-        evaluate=evaluate,
+        evaluate=float_metrics(metrics),
+        metrics=metrics,
         steps_per_epoch=config.steps_per_epoch,
         eval_every=config.eval_every or config.steps_per_epoch,
     )
@@ -96,4 +105,6 @@ WORKLOAD = Workload(
     config_model=NoopConfig,
     default_budget=Budget(epochs=1),
     build=_build_any,
+    packable=True,
+    pack_refusal=_refuse_seed_faults,
 )

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from studies.budget import Budget
 from studies.workloads.base import Problem, Workload
-from studies.workloads.common import batch_generator, content_sha256
+from studies.workloads.common import batch_generator, content_sha256, float_metrics
 
 __all__ = ["WORKLOAD", "QuadraticConfig"]
 
@@ -67,9 +67,9 @@ def _build(config: QuadraticConfig, seed: int, device: torch.device) -> Problem:
         # The noise shifts the optimum per step, so gradients are noisy but unbiased.
         return 0.5 * ((sqrt_curv * (rotated_error(m) + noise)) ** 2).sum()
 
-    def evaluate(m: nn.Module) -> dict[str, float]:
+    def metrics(m: nn.Module) -> dict[str, Tensor]:
         with torch.no_grad():
-            return {"loss": float(0.5 * ((sqrt_curv * rotated_error(m)) ** 2).sum())}
+            return {"loss": 0.5 * ((sqrt_curv * rotated_error(m)) ** 2).sum()}
 
     def train_batches(epoch: int) -> list[Tensor]:
         gen = batch_generator(seed, epoch)
@@ -80,7 +80,8 @@ def _build(config: QuadraticConfig, seed: int, device: torch.device) -> Problem:
         model=model,
         train_batches=train_batches,
         loss_fn=loss_fn,
-        evaluate=evaluate,
+        evaluate=float_metrics(metrics),
+        metrics=metrics,
         steps_per_epoch=config.steps_per_epoch,
         eval_every=config.eval_every,
         extras={"problem_sha256": problem_sha},
@@ -100,4 +101,5 @@ WORKLOAD = Workload(
     config_model=QuadraticConfig,
     default_budget=Budget(steps=300),
     build=_build_any,
+    packable=True,  # the instance depends on problem_seed only; the trial seed moves the start
 )

@@ -30,8 +30,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from studies.budget import Budget
-from studies.workloads.base import Problem, Workload
-from studies.workloads.common import batch_generator, content_sha256, seeded_init
+from studies.workloads.base import MetricsFn, Problem, Workload
+from studies.workloads.common import batch_generator, content_sha256, float_metrics, seeded_init
 
 __all__ = [
     "STDLIB_FILES",
@@ -225,35 +225,34 @@ def _build(config: TinyTransformerConfig, seed: int, device: torch.device) -> Pr
         logits = m(windows[:, :-1])
         return F.cross_entropy(logits.reshape(-1, VOCAB), windows[:, 1:].reshape(-1))
 
-    def mean_loss(m: nn.Module, windows: Tensor) -> dict[str, float]:
+    def mean_loss(windows: Tensor) -> MetricsFn:
         # Every window has `context` targets, so the mean of batch means weighted by batch size
-        # is the mean loss per byte.
-        total = 0.0
-        with torch.no_grad():
-            for w in windows.split(config.batch_size):
-                total += float(lm_loss(m, w)) * len(w)
-        return {"loss": total / len(windows)}
+        # is the mean loss per byte. Out-of-place sums: a pack vmaps this over its members.
+        def metrics(m: nn.Module) -> dict[str, Tensor]:
+            with torch.no_grad():
+                sums = [lm_loss(m, w).double() * len(w) for w in windows.split(config.batch_size)]
+            return {"loss": torch.stack(sums).sum() / len(windows)}
 
-    def evaluate(m: nn.Module) -> dict[str, float]:
-        return mean_loss(m, val_windows)
+        return metrics
 
-    evaluate_test = None
+    metrics = mean_loss(val_windows)
+    test_metrics = None
     n_test_windows = 0
     if config.test_fraction > 0:
         # The whole test part once, in non-overlapping windows (the tail shorter than a window
         # is left out).
         n_test_windows = len(test) // span
         test_windows = test[: n_test_windows * span].view(n_test_windows, span).to(device)
-
-        def evaluate_test(m: nn.Module) -> dict[str, float]:
-            return mean_loss(m, test_windows)
+        test_metrics = mean_loss(test_windows)
 
     return Problem(
         model=model,
         train_batches=train_batches,
         loss_fn=lm_loss,
-        evaluate=evaluate,
-        evaluate_test=evaluate_test,
+        evaluate=float_metrics(metrics),
+        evaluate_test=None if test_metrics is None else float_metrics(test_metrics),
+        metrics=metrics,
+        test_metrics=test_metrics,
         steps_per_epoch=config.steps_per_epoch,
         eval_every=config.eval_every,
         extras={
@@ -284,4 +283,7 @@ WORKLOAD = Workload(
     config_model=TinyTransformerConfig,
     default_budget=Budget(steps=400),
     build=_build_any,
+    # With dropout > 0 a packed member draws its dropout masks from the pack's stream, not the
+    # ones its unfused trial would draw: the same distribution, other numbers.
+    packable=True,
 )

@@ -1,0 +1,212 @@
+"""What a trial produces, and the bookkeeping that produces it, shared by every training loop.
+
+`run_trial` (one model) and `run_pack` (many members in one vectorized model) differ in how they
+compute losses; what they record must not differ. A TrialLog per trial holds the rules: when a
+trial diverges, what an evaluation point contains, how the training loss is averaged between
+evaluations, and how the final TrialResult is assembled.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+__all__ = [
+    "MAX_BOUND_POINTS",
+    "EvalPoint",
+    "TrialLog",
+    "TrialResult",
+    "TrialState",
+    "eval_due",
+    "initial_loss",
+    "summarize_bounds",
+]
+
+MAX_BOUND_POINTS = 200  # the per-step bound series is downsampled to at most this many points
+
+TrialState = Literal["completed", "diverged", "cancelled"]
+
+
+@dataclass
+class EvalPoint:
+    """One evaluation on validation data during a trial."""
+
+    step: int
+    epoch: float
+    val_loss: float
+    train_loss: float | None  # mean training loss since the previous evaluation
+    accuracy: float | None
+
+
+@dataclass
+class TrialResult:
+    """The outcome of one trial, JSON-able through to_dict()."""
+
+    state: TrialState
+    loss: float | None  # final validation loss; None when diverged, or cancelled before any
+    loss0: float  # validation loss before step 1
+    accuracy: float | None
+    curve: list[EvalPoint]
+    bound_stats: dict[str, Any] | None
+    steps: int
+    duration_s: float  # in a pack: the pack's time divided by its members
+    device: str
+    torch_version: str
+    # On the workload's held-out test split, once at the end of a completed trial; None when the
+    # workload has no test split, or the trial diverged or was cancelled.
+    test_loss: float | None = None
+    test_accuracy: float | None = None
+    extras: dict[str, Any] = field(default_factory=dict)  # facts from the workload (data, sizes)
+    pack_size: int = 1  # how many trials trained together in one vectorized model (1: alone)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict (no NaN or infinity anywhere)."""
+        return _json_safe(asdict(self))
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def initial_loss(workload: str, metrics: dict[str, float]) -> float:
+    """The validation loss before step 1; a ValueError when it is not finite (a broken
+    workload: no optimizer could be blamed for it)."""
+    loss0 = float(metrics["loss"])
+    if not math.isfinite(loss0):
+        raise ValueError(f"workload {workload!r} gave a non-finite loss before training ({loss0})")
+    return loss0
+
+
+def eval_due(step: int, *, eval_every: int, total_steps: int) -> bool:
+    """Whether optimizer step `step` is followed by an evaluation (the cadence, and the end)."""
+    return step % eval_every == 0 or step == total_steps
+
+
+class TrialLog:
+    """One trial's record while it trains: its state, steps, curve and running training loss.
+
+    Divergence rule (ROBUSTNESS.md): a non-finite training loss ends the trial at that step,
+    before the optimizer step; a non-finite validation loss ends it at that evaluation.
+    """
+
+    def __init__(self, steps_per_epoch: int) -> None:
+        self.steps_per_epoch = steps_per_epoch
+        self.state: TrialState = "completed"
+        self.steps = 0  # the last step begun
+        self.updates = 0  # optimizer steps applied (steps, less one when the loss diverged)
+        self.curve: list[EvalPoint] = []
+        self._train_sum = 0.0
+        self._train_count = 0
+
+    @property
+    def running(self) -> bool:
+        """True until the trial diverged or was cancelled."""
+        return self.state == "completed"
+
+    def train_loss(self, step: int, value: float) -> bool:
+        """Record the training loss of `step`; False (the trial diverged) when it is not finite,
+        in which case no optimizer step may follow."""
+        self.steps = step
+        if not math.isfinite(value):
+            self.state = "diverged"
+            return False
+        self._train_sum += value
+        self._train_count += 1
+        self.updates = step
+        return True
+
+    def evaluation(self, step: int, metrics: dict[str, float]) -> EvalPoint | None:
+        """Record an evaluation after `step`; None (the trial diverged) when its loss is not
+        finite."""
+        val_loss = float(metrics["loss"])
+        if not math.isfinite(val_loss):
+            self.state = "diverged"
+            return None
+        accuracy = metrics.get("accuracy")
+        point = EvalPoint(
+            step=step,
+            epoch=step / self.steps_per_epoch,
+            val_loss=val_loss,
+            train_loss=self._train_sum / self._train_count if self._train_count else None,
+            accuracy=None if accuracy is None else float(accuracy),
+        )
+        self._train_sum, self._train_count = 0.0, 0
+        self.curve.append(point)
+        return point
+
+    def cancel(self) -> None:
+        """The trial was told to stop (its study cancelled, its worker stopping)."""
+        self.state = "cancelled"
+
+    def result(
+        self,
+        *,
+        loss0: float,
+        test: dict[str, float] | None,
+        bound_stats: dict[str, Any] | None,
+        duration_s: float,
+        device: str,
+        torch_version: str,
+        extras: dict[str, Any],
+        pack_size: int = 1,
+    ) -> TrialResult:
+        """The TrialResult; `test` is the test split's metrics (completed trials only)."""
+        last = self.curve[-1] if self.curve else None
+        final = None if self.state == "diverged" else last
+        test_loss = test_accuracy = None
+        if test is not None and self.state == "completed":
+            test_loss = float(test["loss"])
+            if test.get("accuracy") is not None:
+                test_accuracy = float(test["accuracy"])
+        return TrialResult(
+            state=self.state,
+            loss=None if final is None else final.val_loss,
+            loss0=loss0,
+            accuracy=None if final is None else final.accuracy,
+            curve=self.curve,
+            bound_stats=bound_stats,
+            steps=self.steps,
+            duration_s=duration_s,
+            device=device,
+            torch_version=torch_version,
+            test_loss=test_loss,
+            test_accuracy=test_accuracy,
+            extras=extras,
+            pack_size=pack_size,
+        )
+
+
+def summarize_bounds(stats: dict[str, list[float]]) -> dict[str, Any]:
+    """A compact summary plus the per-step series downsampled to MAX_BOUND_POINTS."""
+    steps = stats.get("step", [])
+    n = len(steps)
+    if n == 0:
+        return {"summary": {}, "series": {}, "n_steps": 0}
+    idx = np.unique(np.linspace(0, n - 1, min(n, MAX_BOUND_POINTS)).round().astype(int))
+    series = {key: [float(values[i]) for i in idx] for key, values in stats.items()}
+    summary: dict[str, float] = {}
+    for key, values in stats.items():
+        if key == "step" or not values:
+            continue
+        arr = np.asarray(values, dtype=float)
+        finite = arr[np.isfinite(arr)]
+        summary[f"{key}_final"] = float(arr[-1])
+        if finite.size:
+            summary[f"{key}_mean"] = float(finite.mean())
+            summary[f"{key}_max"] = float(finite.max())
+    frac = np.asarray(stats.get("bound_active_frac", []), dtype=float)
+    if frac.size:
+        # How long the bound acts as a warmup: the first step where fewer than half the
+        # elements are clipped by the moving average.
+        below = np.nonzero(frac < 0.5)[0]
+        summary["bound_half_release_step"] = float(steps[int(below[0])]) if below.size else None  # type: ignore[assignment]
+    return _json_safe({"summary": summary, "series": series, "n_steps": n})
