@@ -51,6 +51,15 @@ class AdaMod(BoundedAdamBase):
     ``fused=True`` on CPU, around the C kernel (a ctypes call, which it cannot trace); those
     parts run eagerly, so results equal the eager step's.
 
+    Member mode (packs): lr, betas[0], betas[1], beta3, eps and weight_decay may each be a 1-D
+    CPU tensor (float32 or float64) of K values. Every param of the group then needs a leading
+    member dim of K, and value k applies to the slice param[k] only: K independent models train
+    in one step, member k exactly as this optimizer with member k's values would train
+    param[k]. Change lr between steps with ``group["lr"].copy_(values)`` or by assigning a new
+    tensor; nothing is recompiled. Every path supports it (``fused=True``: on CPU the C kernel
+    once per member, on CUDA the foreach path). With ``track_bounds=True``,
+    :meth:`member_bound_stats` gives each member's telemetry.
+
     Args:
         params: iterable of parameters or param-group dicts.
         lr: learning rate (>= 0); may be changed between steps (LR schedulers).
@@ -73,11 +82,11 @@ class AdaMod(BoundedAdamBase):
     def __init__(
         self,
         params: ParamsT,
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        beta3: float = 0.999,
-        eps: float = 1e-8,
-        weight_decay: float = 0.0,
+        lr: float | Tensor = 1e-3,
+        betas: tuple[float | Tensor, float | Tensor] = (0.9, 0.999),
+        beta3: float | Tensor = 0.999,
+        eps: float | Tensor = 1e-8,
+        weight_decay: float | Tensor = 0.0,
         *,
         maximize: bool = False,
         foreach: bool | None = None,
@@ -133,17 +142,20 @@ def adamod(
     *,
     foreach: bool | None = None,
     fused: bool | None = None,
-    beta1: float,
-    beta2: float,
-    beta3: float,
-    lr: float,
-    eps: float,
-    weight_decay: float,
+    beta1: float | Tensor,
+    beta2: float | Tensor,
+    beta3: float | Tensor,
+    lr: float | Tensor,
+    eps: float | Tensor,
+    weight_decay: float | Tensor,
     maximize: bool = False,
     form: str = "code",
     tracker: BoundTracker | None = None,
 ) -> None:
-    """Functional AdaMod: update params and state in place (see :class:`AdaMod` for the maths)."""
+    """Functional AdaMod: update params and state in place (see :class:`AdaMod` for the maths).
+
+    Hyperparameters given as 1-D tensors select member mode (see :class:`AdaMod`).
+    """
     check_form(form)
     bounded_update(
         params,

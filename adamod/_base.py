@@ -9,6 +9,12 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import Optimizer, ParamsT
 
+from adamod._members_hyper import (
+    check_member_group,
+    collect_member_values,
+    hyper_value,
+    member_count,
+)
 from adamod._telemetry import BoundTracker
 from adamod._update import REDUCED_PRECISION, bounded_update
 
@@ -28,9 +34,10 @@ class BoundedAdamBase(Optimizer):
     def __init__(
         self, params: ParamsT, defaults: dict[str, Any], *, track_bounds: bool = False
     ) -> None:
-        super().__init__(params, defaults)
+        # set first: add_param_group checks member groups against each other when tracking
         self.track_bounds = bool(track_bounds)
         self._tracker: BoundTracker | None = BoundTracker() if self.track_bounds else None
+        super().__init__(params, defaults)
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickle/deepcopy state: torch.optim's three keys plus our optimizer-wide options.
@@ -84,10 +91,28 @@ class BoundedAdamBase(Optimizer):
             options = {**self.defaults, **param_group}
             options.pop("params", None)
             self._check_group(options)
+            self._check_members(param_group, options)
             super().add_param_group(param_group)
             param_group["betas"] = options["betas"]  # normalised by the check
         else:
             super().add_param_group(param_group)  # raises torch's TypeError
+
+    def _check_members(self, param_group: dict[str, Any], options: dict[str, Any]) -> None:
+        """In member mode: equal lengths, and params with the leading member dim of that length.
+
+        With track_bounds every member group must have the same K, as the telemetry keeps one
+        series per member.
+        """
+        members = check_member_group(param_group, options)
+        if members is None or not self.track_bounds:
+            return
+        for group in getattr(self, "param_groups", []):
+            other = member_count(collect_member_values(group))
+            if other is not None and other != members:
+                raise ValueError(
+                    f"Invalid param group: {members} members, but another param group has "
+                    f"{other} (track_bounds keeps one series per member: use the same K)"
+                )
 
     def _check_group(self, options: dict[str, Any]) -> None:
         """Validate one group's options in place (subclasses define the checks)."""
@@ -201,7 +226,7 @@ class BoundedAdamBase(Optimizer):
                 fused=group["fused"],
                 beta1=beta1,
                 beta2=beta2,
-                lr=float(group["lr"]),
+                lr=hyper_value(group["lr"]),
                 eps=group["eps"],
                 weight_decay=group["weight_decay"],
                 maximize=group["maximize"],
@@ -219,6 +244,25 @@ class BoundedAdamBase(Optimizer):
                 f"bound_stats() needs track_bounds=True when the {self._name} optimizer is built"
             )
         return self._tracker.series()
+
+    def member_bound_stats(self) -> list[dict[str, list[float]]]:
+        """Member mode: `bound_stats()` of each member, reduced over its own elements only.
+
+        Member k's series is what a scalar optimizer with member k's hyperparameters would
+        record on the slices param[k]; one host sync per call.
+        """
+        counts = [member_count(collect_member_values(g)) for g in self.param_groups]
+        if any(k is None for k in counts):
+            raise ValueError(
+                "member_bound_stats() needs tensor hyperparameters (member mode) in every "
+                f"param group of the {self._name} optimizer"
+            )
+        if self._tracker is None:
+            raise ValueError(
+                "member_bound_stats() needs track_bounds=True when the "
+                f"{self._name} optimizer is built"
+            )
+        return self._tracker.member_series(counts[0] or 0)
 
     def reset_bound_stats(self) -> None:
         """Forget the recorded telemetry (e.g. after a warm-up phase)."""

@@ -137,6 +137,83 @@ def _pointers(tensors: list[Tensor]) -> ctypes.Array:
     return (ctypes.c_void_p * len(tensors))(*[t.data_ptr() for t in tensors])
 
 
+def _kernel(dtype: torch.dtype) -> ctypes._CFuncPtr:  # type: ignore[name-defined]
+    """The kernel function for float32 or float64 tensors (compiling the library on first use)."""
+    library = load_library()
+    return library.bounded_update_f64 if dtype == torch.float64 else library.bounded_update_f32
+
+
+def _launch(
+    fn: ctypes._CFuncPtr,  # type: ignore[name-defined]
+    n_tensors: int,
+    arrays: list[ctypes.Array],
+    prev: ctypes.Array | None,
+    sizes: ctypes.Array,
+    per_tensor: list[ctypes.Array],
+    total: int,
+    tail: tuple[float, ...],
+    with_stats: bool,
+) -> list[list[float]] | None:
+    """Run the kernel over `total` elements, split over threads; return each chunk's stats."""
+    global _pool, _pool_pid
+    n_chunks = max(1, min(torch.get_num_threads(), total // _MIN_ELEMENTS_PER_THREAD))
+    bounds = [total * k // n_chunks for k in range(n_chunks + 1)]
+    stats = [(ctypes.c_double * 5)() for _ in range(n_chunks)] if with_stats else None
+
+    def run(k: int) -> None:
+        chunk_stats = None if stats is None else stats[k]
+        fn(
+            n_tensors,
+            *arrays,
+            prev,
+            sizes,
+            *per_tensor,
+            bounds[k],
+            bounds[k + 1],
+            *tail,
+            chunk_stats,
+        )
+
+    parallel = getattr(fn, "parallel", None)
+    if n_chunks == 1:
+        run(0)
+    elif parallel is not None and _library_pid == os.getpid():
+        flat_stats = (ctypes.c_double * (5 * n_chunks))() if with_stats else None
+        parallel(
+            n_chunks, n_tensors, *arrays, prev, sizes, *per_tensor, 0, total, *tail, flat_stats
+        )
+        if flat_stats is not None and stats is not None:
+            return [list(flat_stats[5 * k : 5 * k + 5]) for k in range(n_chunks)]
+    else:
+        if _pool is None or _pool_pid != os.getpid() or _pool._max_workers < n_chunks - 1:
+            _pool = ThreadPoolExecutor(max_workers=n_chunks - 1, thread_name_prefix="adamod")
+            _pool_pid = os.getpid()
+        futures = [_pool.submit(run, k) for k in range(1, n_chunks)]
+        run(0)
+        for future in futures:
+            future.result()
+    return None if stats is None else [list(row) for row in stats]
+
+
+def _reduce(rows: list[list[float]]) -> list[float]:
+    """[active, Σ η, max η, Σ eff, max eff] of the chunks together."""
+    return [
+        sum(r[0] for r in rows),
+        sum(r[1] for r in rows),
+        max(r[2] for r in rows),
+        sum(r[3] for r in rows),
+        max(r[4] for r in rows),
+    ]
+
+
+def _tail(
+    beta1: float, beta2: float, beta3: float, decay: float, maximize: bool, version: int | None
+) -> tuple[float, ...]:
+    """The kernel's scalar arguments after the element range."""
+    friction = _FRICTION[0 if version is None else version]
+    return (beta1, beta2, beta3, decay, -1.0 if maximize else 1.0, *friction)
+
+
 def fused_cpu_update(
     params: list[Tensor],
     grads: list[Tensor],
@@ -157,68 +234,65 @@ def fused_cpu_update(
     with_stats: bool,
 ) -> Tensor | None:
     """Update same-dtype tensors in one pass; return [active, Σ η, max η, Σ eff, max eff]."""
-    global _pool, _pool_pid
-    library = load_library()
-    fn = (
-        library.bounded_update_f64
-        if params[0].dtype == torch.float64
-        else (library.bounded_update_f32)
-    )
+    fn = _kernel(params[0].dtype)
     grads = [g if g.is_contiguous() else g.contiguous() for g in grads]
     arrays = [_pointers(ts) for ts in (params, grads, exp_avgs, exp_avg_sqs, exp_avg_lrs)]
     prev = _pointers(prev_grads) if prev_grads is not None else None
     numels = [p.numel() for p in params]
     sizes = (ctypes.c_int64 * len(numels))(*numels)
     per_tensor = [(ctypes.c_double * len(x))(*x) for x in (c, eps, scale)]
-    total = sum(numels)
-    n_chunks = max(1, min(torch.get_num_threads(), total // _MIN_ELEMENTS_PER_THREAD))
-    bounds = [total * k // n_chunks for k in range(n_chunks + 1)]
-    stats = [(ctypes.c_double * 5)() for _ in range(n_chunks)] if with_stats else None
-    friction = _FRICTION[0 if version is None else version]
-    tail = (beta1, beta2, beta3, decay, -1.0 if maximize else 1.0, *friction)
+    tail = _tail(beta1, beta2, beta3, decay, maximize, version)
+    rows = _launch(fn, len(params), arrays, prev, sizes, per_tensor, sum(numels), tail, with_stats)
+    return None if rows is None else torch.tensor(_reduce(rows), dtype=torch.float64)
 
-    def run(k: int) -> None:
-        chunk_stats = None if stats is None else stats[k]
-        fn(
-            len(params),
-            *arrays,
-            prev,
-            sizes,
-            *per_tensor,
-            bounds[k],
-            bounds[k + 1],
-            *tail,
-            chunk_stats,
-        )
 
-    parallel = getattr(fn, "parallel", None)
-    if n_chunks == 1:
-        run(0)
-    elif parallel is not None and _library_pid == os.getpid():
-        flat_stats = (ctypes.c_double * (5 * n_chunks))() if with_stats else None
-        parallel(
-            n_chunks, len(params), *arrays, prev, sizes, *per_tensor, 0, total, *tail, flat_stats
-        )
-        if flat_stats is not None and stats is not None:
-            stats = [flat_stats[5 * k : 5 * k + 5] for k in range(n_chunks)]
-    else:
-        if _pool is None or _pool_pid != os.getpid() or _pool._max_workers < n_chunks - 1:
-            _pool = ThreadPoolExecutor(max_workers=n_chunks - 1, thread_name_prefix="adamod")
-            _pool_pid = os.getpid()
-        futures = [_pool.submit(run, k) for k in range(1, n_chunks)]
-        run(0)
-        for future in futures:
-            future.result()
-    if stats is None:
-        return None
-    rows = [list(row) for row in stats]
-    return torch.tensor(
-        [
-            sum(r[0] for r in rows),
-            sum(r[1] for r in rows),
-            max(r[2] for r in rows),
-            sum(r[3] for r in rows),
-            max(r[4] for r in rows),
-        ],
-        dtype=torch.float64,
-    )
+def fused_cpu_update_members(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    exp_avg_lrs: list[Tensor],
+    prev_grads: list[Tensor] | None,
+    *,
+    c: list[list[float]],
+    eps: list[list[float]],
+    scale: list[list[float]],
+    beta1: list[float],
+    beta2: list[float],
+    beta3: list[float],
+    decay: list[float],
+    maximize: bool,
+    version: int | None,
+    with_stats: bool,
+) -> Tensor | None:
+    """Member mode: the kernel once per member k on the slices t[k], with member k's scalars.
+
+    Every tensor leads with the member dim K and is contiguous, so slice k starts k rows into
+    it: the pointers are computed, not sliced (a view per tensor per member would cost more
+    than the update of a small pack). c[k], eps[k], scale[k] are member k's per-tensor values;
+    the other lists hold one value per member. Returns the (K, 5) stats.
+    """
+    fn = _kernel(params[0].dtype)
+    grads = [g if g.is_contiguous() else g.contiguous() for g in grads]
+    members = len(beta1)
+    lists = [params, grads, exp_avgs, exp_avg_sqs, exp_avg_lrs]
+    if prev_grads is not None:
+        lists.append(prev_grads)
+    bases = [[t.data_ptr() for t in ts] for ts in lists]
+    numels = [p.numel() // members for p in params]
+    rows_bytes = [n * p.element_size() for n, p in zip(numels, params, strict=True)]
+    sizes = (ctypes.c_int64 * len(numels))(*numels)
+    n = len(params)
+    out = []
+    for k in range(members):
+        arrays = [
+            (ctypes.c_void_p * n)(*[b + k * r for b, r in zip(base, rows_bytes, strict=True)])
+            for base in bases
+        ]
+        prev = arrays.pop() if prev_grads is not None else None
+        per_tensor = [(ctypes.c_double * n)(*x[k]) for x in (c, eps, scale)]
+        tail = _tail(beta1[k], beta2[k], beta3[k], decay[k], maximize, version)
+        rows = _launch(fn, n, arrays, prev, sizes, per_tensor, sum(numels), tail, with_stats)
+        if rows is not None:
+            out.append(_reduce(rows))
+    return torch.tensor(out, dtype=torch.float64) if with_stats else None

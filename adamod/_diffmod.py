@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+import torch
 from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
 from adamod._base import BoundedAdamBase
+from adamod._members_hyper import is_member_value
 from adamod._telemetry import BoundTracker
 from adamod._update import bounded_update
 from adamod._validation import (
@@ -21,8 +23,14 @@ from adamod._validation import (
 __all__ = ["DiffMod", "diffmod"]
 
 
-def beta3_from_len_memory(len_memory: float) -> float:
-    """β3 = 1 - 1/len_memory: the bound averages about len_memory past step sizes."""
+def beta3_from_len_memory(len_memory: float | Tensor) -> float | Tensor:
+    """β3 = 1 - 1/len_memory: the bound averages about len_memory past step sizes.
+
+    Member values (a 1-D tensor) give one β3 per member, computed in float64 like the floats.
+    """
+    if is_member_value(len_memory):
+        assert isinstance(len_memory, Tensor)
+        return 1.0 - 1.0 / len_memory.to(torch.float64)
     return 1.0 - 1.0 / float(len_memory)
 
 
@@ -40,6 +48,9 @@ class DiffMod(BoundedAdamBase):
     The previous gradient is a copy (state ``previous_grad``), never a reference to ``p.grad``;
     it starts at 0 as in DiffGrad, so the first friction is ξ(g_1). With ``maximize=True`` the
     negated gradient is the one remembered. State precision as in :class:`AdaMod`.
+
+    Member mode as in :class:`AdaMod`: lr, betas, len_memory (so β3 = 1 - 1/len_memory per
+    member), eps and weight_decay may each be a 1-D tensor of one value per member.
 
     Args:
         params: iterable of parameters or param-group dicts.
@@ -59,12 +70,12 @@ class DiffMod(BoundedAdamBase):
     def __init__(
         self,
         params: ParamsT,
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        len_memory: float = 1000,
+        lr: float | Tensor = 1e-3,
+        betas: tuple[float | Tensor, float | Tensor] = (0.9, 0.999),
+        len_memory: float | Tensor = 1000,
         version: int = 0,
-        eps: float = 1e-8,
-        weight_decay: float = 0.0,
+        eps: float | Tensor = 1e-8,
+        weight_decay: float | Tensor = 0.0,
         *,
         maximize: bool = False,
         foreach: bool | None = None,
@@ -130,17 +141,20 @@ def diffmod(
     *,
     foreach: bool | None = None,
     fused: bool | None = None,
-    beta1: float,
-    beta2: float,
-    len_memory: float,
+    beta1: float | Tensor,
+    beta2: float | Tensor,
+    len_memory: float | Tensor,
     version: int = 0,
-    lr: float,
-    eps: float,
-    weight_decay: float,
+    lr: float | Tensor,
+    eps: float | Tensor,
+    weight_decay: float | Tensor,
     maximize: bool = False,
     tracker: BoundTracker | None = None,
 ) -> None:
-    """Functional DiffMod: update params and state in place (see :class:`DiffMod`)."""
+    """Functional DiffMod: update params and state in place (see :class:`DiffMod`).
+
+    Hyperparameters given as 1-D tensors select member mode (see :class:`AdaMod`).
+    """
     bounded_update(
         params,
         grads,

@@ -1,6 +1,13 @@
-"""Bound telemetry: on-device per-step statistics of Adam's step size η and of min(η, s)."""
+"""Bound telemetry: on-device per-step statistics of Adam's step size η and of min(η, s).
+
+In member mode (a pack of K models stacked on a leading dim) the statistics are also kept per
+member, each reduced over that member's elements only, so that one member's NaN or scale never
+shows in another member's series.
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -28,10 +35,43 @@ def partial_bound_stats(eta: Tensor, exp_avg_lr: Tensor, eff: Tensor | None = No
     )
 
 
+def member_partial_bound_stats(eta: Tensor, exp_avg_lr: Tensor, members: int) -> Tensor:
+    """`partial_bound_stats` of each member's slice: a (members, 5) float64 tensor."""
+    eta = eta.reshape(members, -1)
+    exp_avg_lr = exp_avg_lr.reshape(members, -1)
+    eff = torch.minimum(eta, exp_avg_lr)
+    return torch.stack(
+        [
+            (exp_avg_lr < eta).sum(1).to(torch.float64),
+            eta.sum(1, dtype=torch.float64),
+            eta.amax(1).to(torch.float64),
+            eff.sum(1, dtype=torch.float64),
+            eff.amax(1).to(torch.float64),
+        ],
+        dim=1,
+    )
+
+
+def _rows(sums: Tensor, maxes: Tensor, numel: float) -> Tensor:
+    """STAT_KEYS columns from summed and maxed partials (last dim of 5)."""
+    return torch.stack(
+        [
+            sums[..., 0] / numel,
+            maxes[..., 2],
+            sums[..., 1] / numel,
+            maxes[..., 4],
+            sums[..., 3] / numel,
+        ],
+        dim=-1,
+    )
+
+
 class BoundTracker:
     """Collects one row of bound statistics per optimizer step without synchronising the host.
 
-    Rows live in preallocated device buffers; `series()` copies them to the host once.
+    Rows live in preallocated device buffers; `series()` copies them to the host once. Member
+    partials (`add_members`) also give one row per member per step (`member_series()`), and
+    count towards the aggregate row.
     """
 
     def __init__(self) -> None:
@@ -40,10 +80,19 @@ class BoundTracker:
         self._partials: list[Tensor] = []
         self._numel = 0
         self._step = 0
+        self._member_chunks: list[Tensor] = []
+        self._member_steps: list[int] = []
+        self._member_partials: list[Tensor] = []
+        self._member_numel = 0  # elements per member in this step
+        self._members: int | None = None
 
     def reset(self) -> None:
         """Forget every recorded step."""
         self.__init__()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Unpickle, giving a tracker pickled before member telemetry existed its fields."""
+        self.__dict__.update({**BoundTracker().__dict__, **state})
 
     def add(self, partial: Tensor, numel: int, step: int) -> None:
         """Add one tensor's partial statistics (from `partial_bound_stats`) to the current step."""
@@ -51,16 +100,42 @@ class BoundTracker:
         self._numel += numel
         self._step = max(self._step, step)
 
+    def expect_members(self, members: int) -> None:
+        """Raise ValueError, before a step changes anything, if it has another member count."""
+        if self._members is not None and self._members != members:
+            raise ValueError(
+                f"track_bounds: this step has {members} members, but the recorded telemetry has "
+                f"{self._members} (reset_bound_stats() first)"
+            )
+
+    def add_members(self, partials: Tensor, numel: int, step: int) -> None:
+        """Add one tensor's per-member partials ((K, 5), from `member_partial_bound_stats`).
+
+        numel is the tensor's number of elements per member.
+        """
+        self.expect_members(partials.shape[0])
+        self._members = partials.shape[0]
+        self._member_partials.append(partials)
+        self._member_numel += numel
+        self._step = max(self._step, step)
+
     def end_step(self) -> None:
-        """Reduce the partials of this step into one row; no host synchronisation."""
-        if not self._partials:
+        """Reduce the partials of this step into one row (and member rows); no host sync."""
+        if not self._partials and not self._member_partials:
             return
-        device = self._partials[0].device
-        stacked = torch.stack([p.to(device, non_blocking=True) for p in self._partials])
-        sums = stacked.sum(0)
-        maxes = stacked.amax(0)
+        device = (self._partials or self._member_partials)[0].device
+        sums_maxes = []
+        if self._partials:
+            stacked = torch.stack([p.to(device, non_blocking=True) for p in self._partials])
+            sums_maxes.append((stacked.sum(0), stacked.amax(0)))
+        if self._member_partials:
+            self._end_member_step(device, sums_maxes)
+        sums, maxes = sums_maxes[0]
+        if len(sums_maxes) == 2:
+            sums = sums + sums_maxes[1][0]
+            maxes = torch.maximum(maxes, sums_maxes[1][1])
         n = float(self._numel)  # Python scalars: no host-to-device copy
-        row = torch.stack([sums[0] / n, maxes[2], sums[1] / n, maxes[4], sums[3] / n])
+        row = _rows(sums, maxes, n)
         index = len(self._steps) % _CHUNK_ROWS
         if index == 0:
             self._chunks.append(
@@ -70,6 +145,28 @@ class BoundTracker:
         self._steps.append(self._step)
         self._partials = []
         self._numel = 0
+
+    def _end_member_step(
+        self, device: torch.device, sums_maxes: list[tuple[Tensor, Tensor]]
+    ) -> None:
+        """Store this step's member rows; append the members' totals for the aggregate row."""
+        stacked = torch.stack([p.to(device, non_blocking=True) for p in self._member_partials])
+        sums, maxes = stacked.sum(0), stacked.amax(0)  # (K, 5): over tensors, never members
+        rows = _rows(sums, maxes, float(self._member_numel))
+        members = rows.shape[0]
+        index = len(self._member_steps) % _CHUNK_ROWS
+        if index == 0:
+            self._member_chunks.append(
+                torch.empty(
+                    _CHUNK_ROWS, members, len(STAT_KEYS), dtype=torch.float64, device=device
+                )
+            )
+        self._member_chunks[-1][index].copy_(rows)
+        self._member_steps.append(self._step)
+        sums_maxes.append((sums.sum(0), maxes.amax(0)))
+        self._numel += members * self._member_numel
+        self._member_partials = []
+        self._member_numel = 0
 
     def series(self) -> dict[str, list[float]]:
         """Return {"step": [...], key: [...]} for every recorded step (one host sync)."""
@@ -81,4 +178,20 @@ class BoundTracker:
             rows = table.cpu().tolist()
         for column, key in enumerate(STAT_KEYS):
             out[key] = [row[column] for row in rows]
+        return out
+
+    def member_series(self, members: int) -> list[dict[str, list[float]]]:
+        """`series()` of each member (members: K, used while nothing is recorded); one sync."""
+        tables: list[list[list[float]]] = []
+        if self._member_steps:
+            device = self._member_chunks[0].device
+            table = torch.cat([c.to(device) for c in self._member_chunks])
+            tables = table[: len(self._member_steps)].cpu().tolist()  # [step][member][column]
+            members = len(tables[0])
+        out = []
+        for k in range(members):
+            series: dict[str, list[float]] = {"step": list(self._member_steps)}
+            for column, key in enumerate(STAT_KEYS):
+                series[key] = [rows[k][column] for rows in tables]
+            out.append(series)
         return out

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 from torch.utils._foreach_utils import _group_tensors_by_device_and_dtype
 
+from adamod._members_hyper import is_member_value
 from adamod._telemetry import BoundTracker, partial_bound_stats
 
 REDUCED_PRECISION = (torch.bfloat16, torch.float16)
@@ -444,19 +445,24 @@ def bounded_update(
     *,
     foreach: bool | None,
     fused: bool | None,
-    beta1: float,
-    beta2: float,
-    beta3: float,
-    lr: float,
-    eps: float,
-    weight_decay: float,
+    beta1: float | Tensor,
+    beta2: float | Tensor,
+    beta3: float | Tensor,
+    lr: float | Tensor,
+    eps: float | Tensor,
+    weight_decay: float | Tensor,
     maximize: bool,
     form: str,
     version: int | None,
     tracker: BoundTracker | None,
 ) -> None:
-    """Dispatch once to an implementation; reduced-precision params are updated in float32."""
-    impl = _IMPLS[choose_impl(params, foreach, fused)]
+    """Dispatch once to an implementation; reduced-precision params are updated in float32.
+
+    Hyperparameters given as 1-D tensors (one value per member of a pack) select member mode
+    (adamod._member_update), with the same three implementations.
+    """
+    name = choose_impl(params, foreach, fused)
+    member_mode = any(map(is_member_value, (lr, beta1, beta2, beta3, eps, weight_decay)))
     low = [i for i, p in enumerate(params) if p.dtype in REDUCED_PRECISION]
     work_params, work_grads = params, grads
     if low:
@@ -466,6 +472,12 @@ def bounded_update(
         for i in low:
             work_params[i] = params[i].float()
             work_grads[i] = grads[i].float()
+    if member_mode:
+        from adamod._member_update import MEMBER_IMPLS  # lazy: it imports this module
+
+        impl = MEMBER_IMPLS[name]
+    else:
+        impl = _IMPLS[name]
     impl(
         work_params,
         work_grads,

@@ -1,10 +1,18 @@
-"""Argument checks shared by AdaMod and DiffMod, with messages that name the argument."""
+"""Argument checks shared by AdaMod and DiffMod, with messages that name the argument.
+
+The numeric checks also accept member values (1-D tensors, one value per member of a pack):
+every element is checked and named like `beta3[3]` (see adamod._members_hyper).
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
 from typing import Any
+
+from torch import Tensor
+
+from adamod._members_hyper import per_member
 
 FORMS = ("code", "paper")
 VERSIONS = (0, 1, 2)
@@ -18,6 +26,7 @@ def _as_float(name: str, value: Any) -> float:
         raise ValueError(f"Invalid {name}: {value!r} (must be a number)") from None
 
 
+@per_member
 def check_non_negative(name: str, value: Any) -> float:
     """Return value as a float; raise ValueError unless it is a finite number >= 0."""
     number = _as_float(name, value)
@@ -27,6 +36,7 @@ def check_non_negative(name: str, value: Any) -> float:
     return number
 
 
+@per_member
 def check_unit_interval(name: str, value: Any) -> float:
     """Return value as a float; raise ValueError unless 0 <= value < 1."""
     number = _as_float(name, value)
@@ -35,18 +45,23 @@ def check_unit_interval(name: str, value: Any) -> float:
     return number
 
 
-def check_betas(betas: Any) -> tuple[float, float]:
-    """Return betas as a pair of floats in [0, 1) or raise ValueError naming betas[i]."""
+def check_betas(betas: Any) -> tuple[float | Tensor, float | Tensor]:
+    """Return betas as a pair of values in [0, 1) or raise ValueError naming betas[i]."""
     if not isinstance(betas, Sequence) or isinstance(betas, str) or len(betas) != 2:
         raise ValueError(f"Invalid betas: {betas!r} (must be a pair of numbers)")
     return check_unit_interval("betas[0]", betas[0]), check_unit_interval("betas[1]", betas[1])
 
 
-def check_len_memory(len_memory: Any) -> float:
-    """Return DiffMod's len_memory as a float >= 1 or raise ValueError."""
-    number = _as_float("len_memory", len_memory)
+def check_len_memory(len_memory: Any) -> float | Tensor:
+    """Return DiffMod's len_memory (>= 1) as a float or member tensor, or raise ValueError."""
+    return _check_at_least_one("len_memory", len_memory)
+
+
+@per_member
+def _check_at_least_one(name: str, value: Any) -> float:
+    number = _as_float(name, value)
     if not (number >= 1.0) or math.isinf(number):
-        raise ValueError(f"Invalid len_memory: {len_memory} (must be >= 1)")
+        raise ValueError(f"Invalid {name}: {value} (must be >= 1)")
     return number
 
 

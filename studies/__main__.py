@@ -28,6 +28,12 @@ def _parser() -> argparse.ArgumentParser:
         "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
     )
     run.add_argument("--fresh", action="store_true", help="ignore trials finished in --out")
+    run.add_argument(
+        "--pack-size",
+        default="auto",
+        help="trials trained together in one vectorized model: auto (default, up to 64 by a "
+        "memory estimate) or 1..64 (1: one trial at a time)",
+    )
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     check = sub.add_parser("validate", help="validate a spec and print it normalized")
     check.add_argument("spec")
@@ -151,12 +157,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     import torch
 
     from studies.local import run_study
+    from studies.pack import parse_pack_size
     from studies.trial import resolve_device
 
     try:
         resolve_device(args.device)
     except ValueError as exc:
         print(f"error: --{exc}", file=sys.stderr)
+        return 2
+    try:
+        pack_size = parse_pack_size(args.pack_size)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.threads is not None:
         if args.threads < 1:
@@ -167,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result = run_study(
             spec, args.out, device=args.device, progress=not args.no_progress,
-            resume=not args.fresh,
+            resume=not args.fresh, pack_size=pack_size,
         )  # fmt: skip
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from studies.pack import MAX_PACK_SIZE, auto_pack_size, packable, run_pack
 from studies.records import TrialRecord
 from studies.spec import StudySpec, TrialConfig, expand_grid
 from studies.trial import TrialResult, run_trial
@@ -100,6 +101,41 @@ def write_report(
     return files
 
 
+def _groups(
+    configs: list[TrialConfig],
+    finished: dict[str, dict[str, Any]],
+    pack_size: int | None,
+    device: str,
+) -> Iterator[list[TrialConfig]]:
+    """The configs in grid order, in groups to train together: finished ones alone (nothing
+    to train), the others in packs of neighbours that share a pack key."""
+    group: list[TrialConfig] = []
+    limit = 1
+    for config in configs:
+        if config.key() in finished:
+            if group:
+                yield group
+                group = []
+            yield [config]
+            continue
+        if group and (len(group) >= limit or config.pack_key() != group[0].pack_key()):
+            yield group
+            group = []
+        if not group:
+            limit = pack_size if pack_size is not None else auto_pack_size(config, device)
+            limit = limit if packable(config) else 1
+        group.append(config)
+    if group:
+        yield group
+
+
+def _train_group(group: list[TrialConfig], device: str) -> list[TrialResult]:
+    """Train a group: one trial alone, several as a pack."""
+    if len(group) == 1:
+        return [run_trial(group[0], device)]
+    return run_pack(group, device)
+
+
 def run_study(
     spec: StudySpec,
     out_dir: str | Path,
@@ -108,12 +144,18 @@ def run_study(
     progress: bool = True,
     resume: bool = True,
     on_trial: Callable[[TrialConfig, str], None] | None = None,
+    pack_size: int | None = None,
 ) -> LocalRun:
-    """Run every trial of `spec` here, one after the other, and write the report to `out_dir`.
+    """Run every trial of `spec` here and write the report to `out_dir`.
 
-    A trial that raises is recorded as "failed" and the study goes on, except for the very first
-    trial run, whose error (missing data, bad device) is raised: it would fail them all.
+    Trials train in packs of up to `pack_size` (None: studies.pack.auto_pack_size; 1: one at a
+    time) where their workload allows it, in grid order, so that a pack's members are grid
+    neighbours. A trial that raises is recorded as "failed" (a pack that raises: all its
+    members) and the study goes on, except for the very first trial run, whose error (missing
+    data, bad device) is raised: it would fail them all.
     """
+    if pack_size is not None and not 1 <= pack_size <= MAX_PACK_SIZE:
+        raise ValueError(f"pack_size: must be in 1..{MAX_PACK_SIZE} or None (got {pack_size})")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "spec.json").write_text(spec.model_dump_json(indent=2), encoding="utf-8")
@@ -127,40 +169,44 @@ def run_study(
 
     from tqdm import tqdm
 
-    bar = tqdm(configs, desc=spec.name, unit="trial", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=len(configs), desc=spec.name, unit="trial", disable=not progress)
     with trials_path.open("a" if resume else "w", encoding="utf-8") as sink:
-        for config in bar:
-            key = config.key()
-            row = finished.get(key)
-            if row is not None:
-                reused += 1
-            else:
-                try:
-                    result: TrialResult | None = run_trial(config, device)
-                    error = None
-                except Exception as exc:
-                    if not ran_one:
-                        raise
-                    result, error = None, "".join(traceback.format_exception_only(exc)).strip()
-                ran_one = True
-                row = {
-                    "key": key,
-                    "params": config.params(),
-                    "state": result.state if result else "failed",
-                    "error": error,
-                    "result": result.to_dict() if result else None,
-                }
-                sink.write(json.dumps(row, allow_nan=False) + "\n")
-                sink.flush()
-            rows.append((config, row))
-            counts[row["state"]] = counts.get(row["state"], 0) + 1
-            if on_trial is not None:
-                on_trial(config, row["state"])
-            loss = (row["result"] or {}).get("loss")
-            bar.set_postfix_str(
-                f"{config.optimizer} lr={config.lr:.2g} {row['state']}"
-                + (f" loss={loss:.3g}" if loss is not None else "")
-            )
+        for group in _groups(configs, finished, pack_size, device):
+            outcomes: list[tuple[TrialResult | None, str | None]] = [(None, None)]
+            try:
+                if group[0].key() not in finished:  # a finished trial comes alone
+                    outcomes = [(result, None) for result in _train_group(group, device)]
+            except Exception as exc:
+                if not ran_one:
+                    raise
+                error = "".join(traceback.format_exception_only(exc)).strip()
+                outcomes = [(None, error)] * len(group)
+            for config, (result, error) in zip(group, outcomes, strict=True):
+                key = config.key()
+                row = finished.get(key)
+                if row is not None:
+                    reused += 1
+                else:
+                    ran_one = True
+                    row = {
+                        "key": key,
+                        "params": config.params(),
+                        "state": result.state if result else "failed",
+                        "error": error,
+                        "result": result.to_dict() if result else None,
+                    }
+                    sink.write(json.dumps(row, allow_nan=False) + "\n")
+                    sink.flush()
+                rows.append((config, row))
+                counts[row["state"]] = counts.get(row["state"], 0) + 1
+                if on_trial is not None:
+                    on_trial(config, row["state"])
+                loss = (row["result"] or {}).get("loss")
+                bar.set_postfix_str(
+                    f"{config.optimizer} lr={config.lr:.2g} {row['state']}"
+                    + (f" loss={loss:.3g}" if loss is not None else "")
+                )
+                bar.update(1)
     bar.close()
 
     records = [_record(config, row) for config, row in rows]

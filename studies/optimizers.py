@@ -17,14 +17,15 @@ Adam-family optimizers (all but sgd) share betas and eps, so their lr means the 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from studies.spec import OPTIMIZERS, TrialConfig
 
-__all__ = ["SGD_MOMENTUM", "build_optimizer", "diffmod_len_memory"]
+__all__ = ["SGD_MOMENTUM", "build_optimizer", "build_pack_optimizer", "diffmod_len_memory"]
 
 SGD_MOMENTUM = 0.9
 
@@ -76,4 +77,45 @@ def build_optimizer(config: TrialConfig, params: Iterable[Any]) -> torch.optim.O
             track_bounds=True,
             **common,
         )
+    raise ValueError(f"unknown optimizer {name!r}; expected one of {', '.join(OPTIMIZERS)}")
+
+
+def build_pack_optimizer(
+    configs: Sequence[TrialConfig], params: Iterable[Tensor]
+) -> torch.optim.Optimizer:
+    """The optimizer of a trial pack: `build_optimizer`'s choices, member by member.
+
+    `params` have a leading member dimension (member k is configs[k]); lr and β3 are 1-D
+    tensors of the members' values (adamod's member mode), so one step updates every member
+    with its own hyperparameters. The pack runner rescales `param_groups[i]["lr"]` in place
+    for warmup and schedules. The other hyperparameters are shared by a pack (pack_key).
+    """
+    first = configs[0]
+    name = first.optimizer
+    from adamod import AdaMod, DiffMod, members
+
+    lr = torch.tensor([c.lr for c in configs], dtype=torch.float64)
+    common: dict[str, Any] = {"lr": lr, "weight_decay": first.weight_decay}
+    adam_like: dict[str, Any] = {"betas": first.betas, "eps": first.eps, **common}
+    if name == "adam":
+        return members.Adam(params, **adam_like)
+    if name == "adamw":
+        return members.AdamW(params, **adam_like)
+    if name == "sgd":
+        return members.SGD(params, momentum=SGD_MOMENTUM, **common)
+    if name == "radam":
+        return members.RAdam(params, **adam_like)
+    if name == "nadamw":
+        return members.NAdamW(params, **adam_like)
+    if name in ("adamod", "diffmod"):
+        beta3s = [c.beta3 for c in configs]
+        if any(b is None for b in beta3s):
+            raise ValueError(f"optimizer {name!r} needs beta3 for every member")
+        if name == "adamod":
+            beta3 = torch.tensor(beta3s, dtype=torch.float64)
+            return AdaMod(params, beta3=beta3, track_bounds=True, **adam_like)
+        len_memory = torch.tensor(
+            [diffmod_len_memory(b) for b in beta3s if b is not None], dtype=torch.float64
+        )
+        return DiffMod(params, len_memory=len_memory, track_bounds=True, **adam_like)
     raise ValueError(f"unknown optimizer {name!r}; expected one of {', '.join(OPTIMIZERS)}")

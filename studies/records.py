@@ -50,6 +50,8 @@ class TrialRecord:
     # Where it ran: torch version, device, and the data hashes the workload reported.
     torch_version: str | None = None
     device: str | None = None
+    # How many trials trained together in one vectorized model (1: alone): not part of a result.
+    pack_size: int = field(default=1, compare=False)
     data: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     @property
@@ -131,5 +133,6 @@ class TrialRecord:
             bound_release_step=float(release) if isinstance(release, int | float) else None,
             torch_version=result.get("torch_version"),
             device=result.get("device"),
+            pack_size=int(result.get("pack_size") or 1),
             data=data,
         )

@@ -1,0 +1,452 @@
+"""Trial packs: many trials of one study trained as one vectorized model (torch.func).
+
+A sensitivity study is hundreds of small trainings of one shape that differ only in lr, β3,
+warmup and seed. Trained one at a time, a small model leaves the machine idle in Python
+overhead; trained as a pack, one `vmap` of the workload's loss over K stacked copies of the
+parameters does the work of K trials in one pass (HFTA, Wang et al. 2021, did this by rewriting
+models; torch.func does it for any module).
+
+What stays per member, so that a packed trial means what its unfused trial means:
+- initial weights and batches: each member's problem is built by `prepare_problem` from its own
+  config and seed, exactly as `run_trial` builds it, and its batches are stacked, not shared;
+- hyperparameters: lr (with its warmup and schedule multiplier), β3 and the rest are 1-D tensors
+  of K values in the optimizer (adamod's member mode), so one step updates K models;
+- divergence, evaluation and results: a TrialLog per member applies run_trial's rules; a member
+  that diverges (or is stopped) is frozen — its parameters and optimizer state are put back
+  after every later step — and the others go on. Nothing reduces across members.
+
+Members must share a `TrialConfig.pack_key()` (workload, workload_config, budget, optimizer,
+schedule, betas, eps, weight decay) and their workload must be packable (Workload.packable).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, grad_and_value, vmap
+
+from studies.optimizers import build_pack_optimizer
+from studies.spec import TrialConfig
+from studies.trial import lr_multiplier, prepare_problem, resolve_device
+from studies.trial_result import (
+    EvalPoint,
+    TrialLog,
+    TrialResult,
+    eval_due,
+    initial_loss,
+    summarize_bounds,
+)
+from studies.workloads.base import Problem
+from studies.workloads.registry import get_workload
+
+__all__ = [
+    "MAX_PACK_SIZE",
+    "auto_pack_size",
+    "check_pack",
+    "packable",
+    "parse_pack_size",
+    "run_pack",
+]
+
+MAX_PACK_SIZE = 64
+# Bytes per parameter element and member during training: the parameter, its gradient, up to
+# four optimizer state tensors, the frozen copy and vmap's temporaries.
+_BYTES_PER_PARAM_COPY = 10
+_MEMORY_SHARE = 0.25  # of the memory available now, what a pack may plan to use
+
+Report = Callable[[int, EvalPoint], bool | None]
+
+
+def parse_pack_size(text: str) -> int | None:
+    """A --pack-size value: "auto" (None: the memory estimate) or an integer in 1..64."""
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        size = int(text)
+    except ValueError:
+        size = 0
+    if not 1 <= size <= MAX_PACK_SIZE:
+        raise ValueError(
+            f"--pack-size: must be auto or an integer in 1..{MAX_PACK_SIZE}, got {text!r}"
+        )
+    return size
+
+
+def packable(config: TrialConfig) -> bool:
+    """Whether trials of this config can train in a pack (its workload says so)."""
+    workload = get_workload(config.workload)
+    return workload.why_not_packable(_workload_config(config)) is None
+
+
+def _workload_config(config: TrialConfig) -> Any:
+    return get_workload(config.workload).config_model.model_validate(config.workload_config)
+
+
+def check_pack(configs: Sequence[TrialConfig]) -> None:
+    """A ValueError naming `configs` unless they can train together as one pack."""
+    if not configs:
+        raise ValueError("configs: a pack needs at least one trial")
+    if len(configs) > MAX_PACK_SIZE:
+        raise ValueError(f"configs: at most {MAX_PACK_SIZE} trials per pack, got {len(configs)}")
+    key = configs[0].pack_key()
+    for index, config in enumerate(configs[1:], start=1):
+        if config.pack_key() != key:
+            raise ValueError(
+                f"configs[{index}]: differs from configs[0] in more than lr, beta3, "
+                "warmup_steps and seed (workload, budget, optimizer, schedule, betas, eps and "
+                "weight decay must be shared by a pack)"
+            )
+    workload = get_workload(configs[0].workload)
+    reason = workload.why_not_packable(_workload_config(configs[0]))
+    if reason is not None:
+        raise ValueError(f"configs: {reason}")
+
+
+def auto_pack_size(config: TrialConfig, device: torch.device | str = "cpu") -> int:
+    """The largest pack (at most MAX_PACK_SIZE) whose parameters, gradients and optimizer state
+    fit in a quarter of the memory available now on `device`; 1 when the workload cannot pack.
+
+    An estimate from the parameter count (activations are not counted): packs are meant for
+    the small models of sensitivity studies, where parameters dominate.
+    """
+    if not packable(config):
+        return 1
+    dev = resolve_device(device)
+    cache_key = (config.pack_key(), str(dev))
+    if cache_key not in _AUTO_SIZES:  # one build per kind of pack and device
+        problem, _ = prepare_problem(config, dev)
+        param_bytes = sum(p.numel() * p.element_size() for p in problem.model.parameters())
+        per_member = max(1, param_bytes * _BYTES_PER_PARAM_COPY)
+        budget = int(_available_bytes(dev) * _MEMORY_SHARE)
+        _AUTO_SIZES[cache_key] = max(1, min(MAX_PACK_SIZE, budget // per_member))
+    return _AUTO_SIZES[cache_key]
+
+
+_AUTO_SIZES: dict[tuple[str, str], int] = {}
+
+
+def _available_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):  # not a POSIX system: assume 4 GiB
+        return 4 << 30
+
+
+class _Calls(nn.Module):
+    """A module whose forward is `fn(model, *args)`, so that functional_call can run a
+    workload's loss or metrics (which take the model) with stacked parameters swapped in."""
+
+    def __init__(self, model: nn.Module, fn: Callable[..., Any]) -> None:
+        super().__init__()
+        self.model = model
+        self.fn = fn
+
+    def forward(self, *args: Any) -> Any:
+        return self.fn(self.model, *args)
+
+
+def _stack_named(problems: list[Problem], named: str) -> dict[str, Tensor]:
+    """{name: the members' tensors stacked on a new leading dim} for parameters or buffers."""
+    tables = [dict(getattr(p.model, named)()) for p in problems]
+    return {
+        name: torch.stack([table[name].detach() for table in tables]).contiguous()
+        for name in tables[0]
+    }
+
+
+def _stack_batches(batches: Sequence[Any]) -> tuple[Any, Any]:
+    """The members' batches stacked on a new leading dim, and vmap's in_dims for them.
+
+    Tensors are stacked; tuples and lists are stacked element by element; anything else (a
+    step counter, None) is the same for every member and passed as it is.
+    """
+    first = batches[0]
+    if isinstance(first, Tensor):
+        return torch.stack(list(batches)), 0
+    if isinstance(first, tuple | list):
+        pairs = [_stack_batches([b[i] for b in batches]) for i in range(len(first))]
+        return type(first)(p[0] for p in pairs), type(first)(p[1] for p in pairs)
+    return first, None
+
+
+class _Freezer:
+    """Holds stopped members where they stopped: their slices of every per-member tensor (the
+    parameters and the optimizer state shaped like them) are put back after each step."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, params: list[Tensor]) -> None:
+        self._optimizer = optimizer
+        self._params = params
+        self._members: list[int] = []
+        self._index: Tensor | None = None
+        self._saved: dict[int, Tensor] = {}
+
+    def _tensors(self) -> list[Tensor]:
+        k = self._params[0].shape[0]
+        found = list(self._params)
+        for p in self._params:
+            for value in self._optimizer.state.get(p, {}).values():
+                if torch.is_tensor(value) and value.dim() >= 1 and value.shape[0] == k:
+                    found.append(value)
+        return found
+
+    @torch.no_grad()
+    def freeze(self, members: list[int]) -> None:
+        """Keep `members` as they are now (with those frozen before)."""
+        if not members:
+            return
+        self._members = sorted(set(self._members) | set(members))
+        self._index = torch.tensor(self._members, device=self._params[0].device)
+        self._saved = {id(t): t.index_select(0, self._index) for t in self._tensors()}
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        """Put the frozen members back after an optimizer step (state created by that step is
+        kept from then on)."""
+        if self._index is None:
+            return
+        for tensor in self._tensors():
+            saved = self._saved.get(id(tensor))
+            if saved is None:
+                self._saved[id(tensor)] = tensor.index_select(0, self._index)
+            else:
+                tensor.index_copy_(0, self._index, saved)
+
+
+class _PackModel:
+    """The members' parameters and buffers stacked, and the vmapped loss and metrics on them."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        template = problems[0]
+        self.module = template.model
+        self.params = _stack_named(problems, "named_parameters")
+        self.buffers = _stack_named(problems, "named_buffers")
+        self._loss = _Calls(template.model, template.loss_fn)
+
+    def _swapped(self) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        return (
+            {f"model.{n}": t for n, t in self.params.items()},
+            {f"model.{n}": t for n, t in self.buffers.items()},
+        )
+
+    def grads_and_losses(self, batches: Sequence[Any]) -> tuple[dict[str, Tensor], Tensor]:
+        """Every member's gradient (by parameter name) and training loss on its own batch."""
+        batch, batch_dims = _stack_batches(batches)
+        loss_module = self._loss
+
+        def member_loss(params: dict[str, Tensor], buffers: dict[str, Tensor], b: Any) -> Tensor:
+            return functional_call(loss_module, (params, buffers), (b,))
+
+        params, buffers = self._swapped()
+        grads, losses = vmap(
+            grad_and_value(member_loss), in_dims=(0, 0, batch_dims), randomness="different"
+        )(params, buffers, batch)
+        return {n[len("model.") :]: g for n, g in grads.items()}, losses
+
+    def metrics(self, which: str) -> list[dict[str, float]]:
+        """Every member's validation ("metrics") or test ("test_metrics") metrics, as floats."""
+        self.module.eval()
+        try:
+            fn = getattr(self.problems[0], which)
+            if fn is not None:
+                return self._vmapped_metrics(fn)
+            return self._one_by_one(which)
+        finally:
+            self.module.train()
+
+    def _vmapped_metrics(
+        self, fn: Callable[[nn.Module], dict[str, Tensor]]
+    ) -> list[dict[str, float]]:
+        module = _Calls(self.module, fn)
+
+        def member_metrics(params: dict[str, Tensor], buffers: dict[str, Tensor]) -> Any:
+            return functional_call(module, (params, buffers), ())
+
+        params, buffers = self._swapped()
+        with torch.no_grad():
+            table = vmap(member_metrics, randomness="different")(params, buffers)
+        columns = {key: value.tolist() for key, value in table.items()}
+        return [
+            {key: values[k] for key, values in columns.items()} for k in range(len(self.problems))
+        ]
+
+    def _one_by_one(self, which: str) -> list[dict[str, float]]:
+        """A workload without tensor metrics: each member's own evaluate on its slices."""
+        legacy = "evaluate" if which == "metrics" else "evaluate_test"
+        out = []
+        params, buffers = self._swapped()
+        for k, problem in enumerate(self.problems):
+            module = _Calls(self.module, getattr(problem, legacy))
+            sliced = ({n: t[k] for n, t in params.items()}, {n: t[k] for n, t in buffers.items()})
+            with torch.no_grad():
+                out.append(functional_call(module, sliced, ()))
+        return out
+
+    def has_test(self) -> bool:
+        first = self.problems[0]
+        return first.test_metrics is not None or first.evaluate_test is not None
+
+
+def _vmap_friendly_kernels() -> ExitStack:
+    """Attention through the math kernels, which vmap batches, instead of the fused CPU/CUDA
+    ones it would loop over member by member (and the MHA fast path that has no batching rule)."""
+    stack = ExitStack()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    stack.enter_context(sdpa_kernel([SDPBackend.MATH]))
+    if hasattr(torch.backends, "mha"):
+        was = torch.backends.mha.get_fastpath_enabled()
+        torch.backends.mha.set_fastpath_enabled(False)
+        stack.callback(torch.backends.mha.set_fastpath_enabled, was)
+    return stack
+
+
+def run_pack(
+    configs: Sequence[TrialConfig],
+    device: str | torch.device = "cpu",
+    report: Report | None = None,
+) -> list[TrialResult]:
+    """Train the trials of `configs` as one pack; one TrialResult per member, in order.
+
+    `report(k, point)` is called after each evaluation of member k; True stops that member (its
+    result is "cancelled"), the others go on. Each result's `duration_s` is the pack's time
+    divided by its members, and `pack_size` says how many trained together. Any exception
+    (a workload that raises, say) ends the whole pack.
+    """
+    started = time.perf_counter()
+    configs = list(configs)
+    check_pack(configs)
+    dev = resolve_device(device)
+    built = [prepare_problem(config, dev) for config in configs]
+    problems = [problem for problem, _ in built]
+    total_steps = built[0][1]
+    with _vmap_friendly_kernels():
+        pack = _PackModel(problems)
+        logs, loss0s, optimizer = _train(configs, pack, total_steps, report)
+        tests: list[dict[str, float] | None] = [None] * len(configs)
+        if pack.has_test() and any(log.state == "completed" for log in logs):
+            tests = list(pack.metrics("test_metrics"))
+    series = None
+    if hasattr(optimizer, "member_bound_stats"):
+        series = optimizer.member_bound_stats()
+    return _results(configs, pack, logs, loss0s, tests, series, started, str(dev))
+
+
+def _train(
+    configs: list[TrialConfig], pack: _PackModel, total_steps: int, report: Report | None
+) -> tuple[list[TrialLog], list[float], torch.optim.Optimizer]:
+    """The training loop of a pack: run_trial's loop with a vector of members."""
+    first = pack.problems[0]
+    loss0s = [
+        initial_loss(c.workload, m) for c, m in zip(configs, pack.metrics("metrics"), strict=True)
+    ]
+    params = list(pack.params.values())
+    optimizer = build_pack_optimizer(configs, params)
+    freezer = _Freezer(optimizer, params)
+    logs = [TrialLog(first.steps_per_epoch) for _ in configs]
+    base_lr = torch.tensor([c.lr for c in configs], dtype=torch.float64)
+    applied = [1.0] * len(configs)
+    step, epoch = 0, 0
+    pack.module.train()
+    while step < total_steps and any(log.running for log in logs):
+        epochs = [problem.train_batches(epoch) for problem in pack.problems]
+        for batches in zip(*epochs, strict=True):
+            step += 1
+            scales = [
+                lr_multiplier(
+                    step, warmup_steps=c.warmup_steps, total_steps=total_steps, schedule=c.schedule
+                )
+                for c in configs
+            ]
+            if scales != applied:
+                lr = base_lr * torch.tensor(scales, dtype=torch.float64)
+                for group in optimizer.param_groups:
+                    group["lr"].copy_(lr)
+                applied = scales
+            grads, losses = pack.grads_and_losses(batches)
+            values = losses.tolist()  # one host sync per step, as in run_trial
+            stopped = [
+                k
+                for k, log in enumerate(logs)
+                if log.running and not log.train_loss(step, values[k])
+            ]
+            freezer.freeze(stopped)  # before the step: a diverged member is not updated
+            if not any(log.running for log in logs):
+                break
+            for name, param in pack.params.items():
+                param.grad = grads[name]
+            optimizer.step()
+            freezer.restore()
+            if eval_due(step, eval_every=first.eval_every, total_steps=total_steps):
+                freezer.freeze(_evaluate(pack, logs, step, report))
+                if not any(log.running for log in logs):
+                    break
+            if step >= total_steps:
+                break
+        epoch += 1
+    return logs, loss0s, optimizer
+
+
+def _evaluate(
+    pack: _PackModel, logs: list[TrialLog], step: int, report: Report | None
+) -> list[int]:
+    """Evaluate every member; the members that stop here (diverged or told to stop)."""
+    stopped = []
+    for k, metrics in enumerate(pack.metrics("metrics")):
+        log = logs[k]
+        if not log.running:
+            continue
+        point = log.evaluation(step, metrics)
+        if point is None:
+            stopped.append(k)
+        elif report is not None and report(k, point):
+            log.cancel()
+            stopped.append(k)
+    return stopped
+
+
+def _results(
+    configs: list[TrialConfig],
+    pack: _PackModel,
+    logs: list[TrialLog],
+    loss0s: list[float],
+    tests: list[dict[str, float] | None],
+    series: list[dict[str, list[float]]] | None,
+    started: float,
+    device: str,
+) -> list[TrialResult]:
+    """One TrialResult per member; `series` is each member's bound telemetry (AdaMod, DiffMod)."""
+    duration = (time.perf_counter() - started) / len(configs)
+    results = []
+    for k, log in enumerate(logs):
+        bound_stats = None
+        if series is not None:
+            bound_stats = summarize_bounds(_until(series[k], log.updates))
+        results.append(
+            log.result(
+                loss0=loss0s[k],
+                test=tests[k],
+                bound_stats=bound_stats,
+                duration_s=duration,
+                device=device,
+                torch_version=torch.__version__,
+                extras=dict(pack.problems[k].extras),
+                pack_size=len(configs),
+            )
+        )
+    return results
+
+
+def _until(series: dict[str, list[float]], last_step: int) -> dict[str, list[float]]:
+    """A member's bound series up to its last applied optimizer step (frozen steps dropped)."""
+    keep = sum(1 for s in series.get("step", []) if s <= last_step)
+    return {key: values[:keep] for key, values in series.items()}
