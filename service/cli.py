@@ -75,6 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up.add_argument("--data-dir", default=".", help="where the SQLite file goes (default .)")
     up.add_argument("--device", default="auto", help="worker device: auto, cpu, cuda:N")
+    up.add_argument(
+        "--pack-size",
+        default=None,
+        metavar="N|auto",
+        help="each worker's --pack-size: train up to N compatible trials of a study in one "
+        "vectorized pack (default auto; 1: one trial at a time; see `adamod-lab worker --help`)",
+    )
 
     submit = commands.add_parser(
         "submit",
@@ -268,6 +275,19 @@ def _report(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------- embedded mode (`up`)
 
 
+def _check_pack_size(text: str) -> None:
+    # Checked here, before anything starts, with the workers' own rule; imported only now so
+    # that `adamod-lab --help` stays quick.
+    from argparse import ArgumentTypeError
+
+    from workers.__main__ import parse_pack_size
+
+    try:
+        parse_pack_size(text)
+    except ArgumentTypeError as exc:
+        raise SystemExit(f"adamod-lab up: --pack-size: {exc}") from None
+
+
 class _Stop(Exception):
     """Raised by the signal handler to leave the supervision loop."""
 
@@ -275,6 +295,8 @@ class _Stop(Exception):
 def _up(args: argparse.Namespace) -> int:
     if args.workers < 0:
         raise SystemExit("adamod-lab up: --workers must be >= 0")
+    if args.pack_size is not None:
+        _check_pack_size(args.pack_size)
     database_url = args.database_url or os.environ.get("ADAMOD_LAB_DATABASE_URL")
     if not database_url:
         data_dir = Path(args.data_dir).resolve()
@@ -302,7 +324,9 @@ def _up(args: argparse.Namespace) -> int:
         if args.workers and "OMP_NUM_THREADS" not in env:
             worker_env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.workers))
         for _ in range(args.workers):
-            workers.append(spawn(worker_command(database_url, args.device), worker_env))
+            workers.append(spawn(
+                worker_command(database_url, args.device, pack_size=args.pack_size), worker_env
+            ))
         print(f"AdaMod Lab is up: API {url} (docs {url}/docs), {args.workers} workers, "
               f"database {database_url}. Ctrl-C stops everything.", flush=True)
         reported_dead: set[int] = set()

@@ -28,10 +28,13 @@ def server_command(host: str, port: int, log_level: str = "warning") -> list[str
             "--log-level", log_level]
 
 
-def worker_command(database_url: str, device: str = "cpu", *extra: str) -> list[str]:
-    """The command line of a worker process."""
+def worker_command(
+    database_url: str, device: str = "cpu", *extra: str, pack_size: int | str | None = None
+) -> list[str]:
+    """The command line of a worker process (`pack_size`: its --pack-size; None: the default)."""
+    packing = [] if pack_size is None else ["--pack-size", str(pack_size)]
     return [sys.executable, "-m", "workers", "--database-url", database_url, "--device", device,
-            *extra]
+            *packing, *extra]
 
 
 def _die_with_parent() -> None:

@@ -9,16 +9,19 @@ import sys
 from collections.abc import Sequence
 
 from studies.db.engine import database_url_from_env
+from studies.db.packs import MAX_PACK_SIZE
 from studies.db.queue import DEFAULT_LEASE_SECONDS, DEFAULT_MAX_ATTEMPTS
+from workers.packing import parse_pack_size
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "main", "parse_pack_size"]
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The worker's command line."""
     parser = argparse.ArgumentParser(
         prog="adamod-lab-worker",
-        description="Claim trials from the AdaMod Lab queue and train them, one at a time.",
+        description="Claim trials from the AdaMod Lab queue and train them: one at a time, or "
+        "compatible trials of one study together in one vectorized pack (--pack-size).",
     )
     parser.add_argument(
         "--database-url",
@@ -66,6 +69,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="write evaluations at most this often (seconds); each write also checks for "
         "cancellation; the full curve is always written at completion (0: every evaluation)",
     )
+    parser.add_argument(
+        "--pack-size",
+        type=parse_pack_size,
+        default=None,
+        metavar="N|auto",
+        help="train up to N queued trials of one study that differ only in lr, beta3, warmup "
+        "and seed together, in one vectorized pack, each with its own lease, result and Optuna "
+        f"trial; auto (default): as many as the pack runner estimates fit on the device, at most "
+        f"{MAX_PACK_SIZE}; 1: one trial at a time. Unpackable workloads run one at a time",
+    )
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
     return parser
 
@@ -94,6 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         shutdown_timeout=args.shutdown_timeout,
         retry_timeout=args.retry_timeout,
         report_interval=args.report_interval,
+        pack_size=args.pack_size,
     )
     try:
         worker = Worker(options)

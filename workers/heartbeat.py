@@ -1,15 +1,17 @@
-"""The lease heartbeat: one small context-managed thread per worker that renews the lease of
-whatever trial the worker is running (one thread for the worker's life, not one per trial)."""
+"""The lease heartbeat: one small context-managed thread per worker that renews the leases of
+whatever the worker is running, one trial or every member of a pack, in one UPDATE per beat
+(one thread for the worker's life, not one per trial)."""
 
 from __future__ import annotations
 
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from types import TracebackType
 
 from studies.db.engine import Database
-from studies.db.queue import ClaimedTrial, renew_lease
+from studies.db.queue import ClaimedTrial, renew_leases
 
 __all__ = ["Heartbeat"]
 
@@ -17,14 +19,17 @@ log = logging.getLogger("workers")
 
 
 class Heartbeat:
-    """Renews the tracked claim's lease every `interval_s`; `lost` is set when the lease was lost
-    or the study cancelled (the trial should stop)."""
+    """Renews the tracked claims' leases every `interval_s`. A claim whose lease was lost or
+    whose study was cancelled is no longer renewed: its id joins `lost_ids()` and `lost` is set
+    (that trial should stop; the other members of its pack carry on)."""
 
     def __init__(self, db: Database, *, interval_s: float) -> None:
         self.db = db
         self.interval_s = interval_s
         self.lost = threading.Event()
-        self._claim: ClaimedTrial | None = None
+        self._claims: tuple[ClaimedTrial, ...] = ()
+        self._lost: set[int] = set()
+        self._generation = 0  # which track() call the renewal in flight belongs to
         self._since = time.monotonic()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -43,32 +48,51 @@ class Heartbeat:
         self._stop.set()
         self._thread.join(timeout=30)
 
-    def track(self, claim: ClaimedTrial | None) -> None:
-        """Starts renewing `claim` (None: stop renewing); clears `lost`."""
+    def track(self, claims: ClaimedTrial | Sequence[ClaimedTrial] | None) -> None:
+        """Starts renewing `claims`, one trial or a pack (None: stop renewing); clears `lost`."""
+        if claims is None:
+            tracked: tuple[ClaimedTrial, ...] = ()
+        elif isinstance(claims, ClaimedTrial):
+            tracked = (claims,)
+        else:
+            tracked = tuple(claims)
         with self._lock:
-            self._claim = claim
+            self._claims = tracked
+            self._lost = set()
+            self._generation += 1
             self._since = time.monotonic()
             self.lost.clear()
+
+    def lost_ids(self) -> frozenset[int]:
+        """The tracked trials whose lease was lost or whose study was cancelled."""
+        with self._lock:
+            return frozenset(self._lost)
 
     def _run(self) -> None:
         tick = min(self.interval_s, 1.0)
         while not self._stop.wait(tick):
             with self._lock:
-                claim = self._claim
-                due = claim is not None and time.monotonic() - self._since >= self.interval_s
-            if not due or claim is None:
+                claims, generation = self._claims, self._generation
+                due = bool(claims) and time.monotonic() - self._since >= self.interval_s
+            if not due:
                 continue
             try:
-                alive = renew_lease(self.db, claim)
+                alive = renew_leases(self.db, claims)
             except Exception as exc:
-                # A database outage: keep trying; the lease survives until it expires.
-                log.warning("trial %d: heartbeat failed: %s", claim.trial_id, exc)
+                # A database outage: keep trying; the leases survive until they expire.
+                log.warning("trial %s: heartbeat failed: %s", _ids(claims), exc)
                 continue
             with self._lock:
-                if self._claim is not claim:
-                    continue  # the trial ended meanwhile
+                if self._generation != generation:
+                    continue  # the trial or pack ended meanwhile
                 self._since = time.monotonic()
-                if not alive:
-                    log.info("trial %d: lease lost or study cancelled", claim.trial_id)
+                gone = [c for c in claims if c.trial_id not in alive]
+                if gone:
+                    log.info("trial %s: lease lost or study cancelled", _ids(gone))
+                    self._lost.update(c.trial_id for c in gone)
+                    self._claims = tuple(c for c in claims if c.trial_id in alive)
                     self.lost.set()
-                    self._claim = None
+
+
+def _ids(claims: Sequence[ClaimedTrial]) -> str:
+    return ", ".join(str(c.trial_id) for c in claims)

@@ -1,5 +1,11 @@
 """The worker loop: claim → train (reporting each evaluation) → complete, with a heartbeat,
-periodic requeueing of expired leases, database retries and graceful shutdown."""
+periodic requeueing of expired leases, database retries and graceful shutdown.
+
+A claim is a lead trial and, when its workload packs and --pack-size allows, the compatible
+trials claimed with it; a pack of several trains in one vectorized pass (studies.pack.run_pack),
+a pack of one through studies.trial.run_trial exactly as without packs. Every member keeps its
+own lease, result, Optuna trial and attempt count.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +16,13 @@ import socket
 import threading
 import time
 import traceback
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from studies.db.engine import Database
 from studies.db.optuna_bridge import sync_optuna
+from studies.db.packs import extend_pack
 from studies.db.queue import (
     DEFAULT_LEASE_SECONDS,
     DEFAULT_MAX_ATTEMPTS,
@@ -30,7 +39,11 @@ from studies.db.queue import (
 )
 from workers.devices import select_device
 from workers.heartbeat import Heartbeat
+from workers.packing import PackReport, PackSizer, check_pack_size_option
 from workers.retry import RetryGaveUp, with_retries
+
+if TYPE_CHECKING:
+    from studies.trial import TrialResult
 
 __all__ = ["Worker", "WorkerOptions"]
 
@@ -54,6 +67,9 @@ class WorkerOptions:
     retry_timeout: float = 300.0
     # Evaluations closer together than this are written with the next one (or at completion).
     report_interval: float = 0.5
+    # Trials trained together in one pack, at most: 1 = one at a time; None = auto (the pack
+    # runner's memory estimate for the lead's config on this device).
+    pack_size: int | None = None
 
     def validate(self) -> None:
         """Raises ValueError naming the command-line flag of the first bad option."""
@@ -70,10 +86,11 @@ class WorkerOptions:
             raise ValueError(f"--max-trials: must be >= 1 (got {self.max_trials})")
         if self.max_attempts < 1:
             raise ValueError(f"--max-attempts: must be >= 1 (got {self.max_attempts})")
+        check_pack_size_option(self.pack_size)
 
 
 class Worker:
-    """One worker process: trains one trial at a time from the shared queue."""
+    """One worker process: trains one trial, or one pack of compatible trials, at a time."""
 
     def __init__(self, options: WorkerOptions) -> None:
         options.validate()
@@ -85,7 +102,9 @@ class Worker:
         self.db = Database(options.database_url, pre_ping=False)
         self.shutdown = threading.Event()
         self.trials_run = 0
-        self._current: ClaimedTrial | None = None
+        self.sizer = PackSizer(options.pack_size, self.device)
+        # What the worker holds now: one trial, every member of a pack, or nothing.
+        self._current: tuple[ClaimedTrial, ...] = ()
         self._watchdog: threading.Thread | None = None
         self._heartbeat: Heartbeat | None = None
         self._sweep_interval = max(0.5, min(options.lease_seconds / 2, 30.0))
@@ -112,28 +131,31 @@ class Worker:
             return
         log.info("stop requested (%s)", reason)
         self.shutdown.set()
-        if self._current is not None and self._watchdog is None:
+        if self._current and self._watchdog is None:
             self._watchdog = threading.Thread(
                 target=self._watch, name="shutdown-watchdog", daemon=True
             )
             self._watchdog.start()
 
     def _watch(self) -> None:
-        claim = self._current
+        # Whatever is held at the deadline is handed back: the trial held at the stop request,
+        # or the pack it became while being sized. Nothing held any more: the worker stopped.
         deadline = time.monotonic() + self.options.shutdown_timeout
         while time.monotonic() < deadline:
-            if self._current is not claim or claim is None:
+            if not self._current:
                 return
             time.sleep(0.05)
-        if self._current is claim and claim is not None:
+        claims = self._current
+        if claims:
             log.warning(
-                "trial %d did not stop within %.1f s", claim.trial_id, self.options.shutdown_timeout
+                "trial %s did not stop within %.1f s",
+                _ids(claims),
+                self.options.shutdown_timeout,
             )
             self._hand_back_and_exit()
 
     def _hand_back_and_exit(self) -> None:
-        claim = self._current
-        if claim is not None:
+        for claim in self._current:  # every member of a pack, each under its own lease
             try:
                 handed = release_lease(self.db, claim)
                 log.info("trial %d handed back: %s", claim.trial_id, handed)
@@ -203,14 +225,32 @@ class Worker:
                     break
                 self.shutdown.wait(self.options.poll_interval)
                 continue
-            self.trials_run += 1
+            pack = self._pack_for(claim)
+            self.trials_run += len(pack)
             last = bool(self.options.max_trials and self.trials_run >= self.options.max_trials)
-            # The next trial is claimed in the transaction that completes this one.
-            claim = self._run_claim(claim, claim_next=not last)
+            # The next trial is claimed in the transaction that completes this one (or the
+            # pack's last member).
+            if len(pack) == 1:
+                claim = self._run_claim(claim, claim_next=not last)
+            else:
+                claim = self._run_pack(pack, claim_next=not last)
             if last:
                 break
         if claim is not None:  # claimed, then asked to stop: hand it back untouched
             self._retry(lambda: release_lease(self.db, claim), "hand back")
+
+    def _pack_for(self, lead: ClaimedTrial) -> list[ClaimedTrial]:
+        """The lead and the compatible trials claimed to train with it: as many as its pack
+        size allows and never more than --max-trials has left; [lead] for a pack of one."""
+        self._hold((lead,))  # sizing may build a model: keep the lead's lease alive meanwhile
+        size = self.sizer.size_for(lead.config)
+        if self.options.max_trials:
+            size = min(size, self.options.max_trials - self.trials_run)
+        if size <= 1 or self.shutdown.is_set():
+            return [lead]
+        return self._retry(
+            lambda: extend_pack(self.db, lead, self.info, pack_size=size), "claim pack"
+        )
 
     def _run_claim(self, claim: ClaimedTrial, *, claim_next: bool) -> ClaimedTrial | None:
         """Trains one claimed trial and records its outcome; returns the next claim, if any."""
@@ -219,13 +259,8 @@ class Worker:
         log.info(
             "trial %d (study %d, attempt %d) claimed", claim.trial_id, claim.study_id, claim.attempt
         )
-        self._current = claim
-        if self.shutdown.is_set() and self._watchdog is None:
-            self.request_stop("stop during claim")
+        heartbeat = self._hold((claim,))
         try:
-            heartbeat = self._heartbeat
-            assert heartbeat is not None
-            heartbeat.track(claim)
             last_write = [time.monotonic()]
 
             def report(point) -> bool:  # type: ignore[no-untyped-def]
@@ -251,30 +286,93 @@ class Worker:
                 self._fail(claim, exc)
                 return None
             heartbeat.track(None)
-            if result.state == "cancelled":
-                handed = self._retry(
-                    lambda: release_lease(self.db, claim, keep_curve=True), "hand back"
-                )
-                log.info("trial %d stopped early (handed back: %s)", claim.trial_id, handed)
-                return None
-            next_for = self.info if claim_next and not self.shutdown.is_set() else None
-            stored, following = self._retry(
-                lambda: complete_and_claim_next(
-                    self.db, claim, result, next_for, lease_seconds=self.options.lease_seconds
-                ),
-                "complete",
+            return self._record(claim, result, claim_next=claim_next)
+        finally:
+            self._release_hold()
+
+    def _run_pack(self, pack: Sequence[ClaimedTrial], *, claim_next: bool) -> ClaimedTrial | None:
+        """Trains a pack in one vectorized pass and records each member's outcome under its own
+        lease; an exception fails every member's attempt. Returns the next claim, if any."""
+        log.info(
+            "pack of %d trials (ids %s) claimed (study %d, attempts %s)",
+            len(pack),
+            _ids(pack),
+            pack[0].study_id,
+            ", ".join(str(c.attempt) for c in pack),
+        )
+        heartbeat = self._hold(tuple(pack))
+        try:
+            report = PackReport(
+                self.db,
+                pack,
+                heartbeat=heartbeat,
+                shutdown=self.shutdown,
+                interval_s=self.options.report_interval,
+                retry=self._retry,
             )
-            if stored:
-                log.info("trial %d %s in %.2f s", claim.trial_id, result.state, result.duration_s)
-            else:
-                log.warning(
-                    "trial %d: lease lost before completion; result dropped", claim.trial_id
-                )
+            try:
+                from studies.pack import run_pack
+
+                results = run_pack([c.config for c in pack], self.device, report=report)
+                if len(results) != len(pack):
+                    raise RuntimeError(f"run_pack gave {len(results)} results for {len(pack)}")
+            except RetryGaveUp:
+                raise
+            except Exception as exc:
+                heartbeat.track(None)
+                for claim in pack:
+                    self._fail(claim, exc)
+                return None
+            heartbeat.track(None)
+            following = None
+            for index, (claim, result) in enumerate(zip(pack, results, strict=True)):
+                ride = claim_next and index == len(pack) - 1
+                following = self._record(claim, result, claim_next=ride)
             return following
         finally:
-            if self._heartbeat is not None:
-                self._heartbeat.track(None)
-            self._current = None
+            self._release_hold()
+
+    def _hold(self, claims: tuple[ClaimedTrial, ...]) -> Heartbeat:
+        """Makes `claims` what the heartbeat renews and what a stop request hands back."""
+        self._current = claims
+        if self.shutdown.is_set() and self._watchdog is None:
+            self.request_stop("stop during claim")
+        heartbeat = self._heartbeat
+        assert heartbeat is not None
+        heartbeat.track(claims)
+        return heartbeat
+
+    def _release_hold(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.track(None)
+        self._current = ()
+
+    def _record(
+        self, claim: ClaimedTrial, result: TrialResult, *, claim_next: bool
+    ) -> ClaimedTrial | None:
+        """Stores one trial's outcome (a cancelled one is handed back); returns the next claim
+        when `claim_next` and it rode on the same transaction."""
+        if result.state == "cancelled":
+            handed = self._retry(
+                lambda: release_lease(self.db, claim, keep_curve=True), "hand back"
+            )
+            log.info("trial %d stopped early (handed back: %s)", claim.trial_id, handed)
+            return None
+        next_for = self.info if claim_next and not self.shutdown.is_set() else None
+        stored, following = self._retry(
+            lambda: complete_and_claim_next(
+                self.db, claim, result, next_for, lease_seconds=self.options.lease_seconds
+            ),
+            "complete",
+        )
+        packed = f" (pack of {result.pack_size})" if result.pack_size > 1 else ""
+        if stored:
+            log.info(
+                "trial %d %s in %.2f s%s", claim.trial_id, result.state, result.duration_s, packed
+            )
+        else:
+            log.warning("trial %d: lease lost before completion; result dropped", claim.trial_id)
+        return following
 
     def _fail(self, claim: ClaimedTrial, exc: BaseException) -> None:
         trace = "".join(traceback.format_exception(exc))[-MAX_TRACEBACK_CHARS:]
@@ -290,3 +388,7 @@ class Worker:
             type(exc).__name__,
             state,
         )
+
+
+def _ids(claims: Sequence[ClaimedTrial]) -> str:
+    return ", ".join(str(c.trial_id) for c in claims)

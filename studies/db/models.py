@@ -114,6 +114,9 @@ class TrialRow(Base):
     number: Mapped[int] = mapped_column(Integer)
     config: Mapped[dict[str, Any]] = mapped_column(JsonType)
     config_key: Mapped[str] = mapped_column(String(64))
+    # TrialConfig.pack_key(): trials of one study with equal keys may train in one pack; NULL
+    # (a stored config that no longer validates) means the trial is only ever claimed alone.
+    pack_key: Mapped[str | None] = mapped_column(String(64))
     params: Mapped[dict[str, Any]] = mapped_column(JsonType)
     # Copied from the study so that the claim query reads one index: priority, then FIFO by id.
     priority: Mapped[int] = mapped_column(Integer, default=0)
@@ -151,6 +154,16 @@ class TrialRow(Base):
         # The claim query: the next queued trial by priority, then id.
         Index(
             "ix_adamod_lab_trials_claim",
+            text("priority DESC"),
+            "id",
+            postgresql_where=text("state = 'queued'"),
+            sqlite_where=text("state = 'queued'"),
+        ),
+        # The pack claim: more queued trials of the lead's study and pack key, in claim order.
+        Index(
+            "ix_adamod_lab_trials_pack_claim",
+            "study_id",
+            "pack_key",
             text("priority DESC"),
             "id",
             postgresql_where=text("state = 'queued'"),

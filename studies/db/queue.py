@@ -5,18 +5,21 @@ ORDER BY priority DESC, id LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING on PostgreS
 statement inside BEGIN IMMEDIATE (one writer at a time) on SQLite. Every later write carries the
 lease token, so a worker that lost its lease (and whose trial was handed to another) changes
 nothing: a trial completes at most once. Times come from the database server on PostgreSQL, so
-workers on machines with skewed clocks agree on when a lease expires.
+workers on machines with skewed clocks agree on when a lease expires. renew_leases and
+record_evaluations do the same for every member of a trial pack (studies.db.packs) in one
+transaction, locking the rows in id order.
 """
 
 from __future__ import annotations
 
 import math
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import ColumnElement, Interval, and_, case, func, literal, select, update
+from sqlalchemy import ColumnElement, Interval, and_, case, func, literal, or_, select, update
 
 from studies.db.engine import Database, finite_or_none
 from studies.db.models import StudyRow, TrialRow, UtcDateTime, utcnow
@@ -53,8 +56,10 @@ __all__ = [
     "fail_attempt",
     "queue_counts",
     "record_evaluation",
+    "record_evaluations",
     "release_lease",
     "renew_lease",
+    "renew_leases",
     "requeue_expired",
 ]
 
@@ -92,6 +97,8 @@ class ClaimedTrial:
     # steps whose intermediate values are committed there.
     optuna_trial_id: int | None = None
     optuna_steps: set[int] = field(default_factory=set)
+    # TrialConfig.pack_key() as stored on the row (None: never packed); see studies.db.packs.
+    pack_key: str | None = None
 
 
 def _check_lease_seconds(lease_seconds: float) -> float:
@@ -150,10 +157,9 @@ def claim_next_trial(
 def _claim_in_session(
     session: Any, db: Database, worker: WorkerInfo, lease_seconds: float
 ) -> ClaimedTrial | None:
-    from studies.spec import TrialConfig
-
+    """The next queued trial of a study not cancelled, claimed in the caller's transaction: one
+    UPDATE ... WHERE id = (SELECT ... FOR UPDATE SKIP LOCKED) RETURNING."""
     token = secrets.token_hex(16)
-    now = _now(db)
     next_id = (
         select(TrialRow.id)
         .join(StudyRow, StudyRow.id == TrialRow.study_id)
@@ -163,9 +169,27 @@ def _claim_in_session(
         .with_for_update(skip_locked=True, of=TrialRow)
         .scalar_subquery()
     )
-    statement = (
+    statement = _claim_statement(db, worker, lease_seconds, TrialRow.id == next_id, token)
+    row = session.execute(statement, execution_options=_NO_SYNC).one_or_none()
+    if row is None:
+        return None
+    return _claimed_from_row(session, db, row, token, worker, lease_seconds)
+
+
+def _claim_statement(
+    db: Database,
+    worker: WorkerInfo,
+    lease_seconds: float,
+    where: ColumnElement[bool],
+    token: str | ColumnElement[Any],
+) -> Any:
+    """The UPDATE ... RETURNING that makes the trials matching `where` running under a lease
+    (`token`: one token, or a CASE giving each row its own). Shared by every kind of claim, so
+    a trial claimed in a pack is claimed exactly like one claimed alone."""
+    now = _now(db)
+    return (
         update(TrialRow)
-        .where(TrialRow.id == next_id)
+        .where(where)
         .values(
             state="running",
             attempts=TrialRow.attempts + 1,
@@ -187,11 +211,18 @@ def _claim_in_session(
             TrialRow.params,
             TrialRow.claimed_at,
             TrialRow.optuna_trial_id,
+            TrialRow.pack_key,
         )
     )
-    row = session.execute(statement, execution_options=_NO_SYNC).one_or_none()
-    if row is None:
-        return None
+
+
+def _claimed_from_row(
+    session: Any, db: Database, row: Any, token: str, worker: WorkerInfo, lease_seconds: float
+) -> ClaimedTrial:
+    """A ClaimedTrial for a row that _claim_statement returned; its Optuna trial becomes RUNNING
+    in the same transaction."""
+    from studies.spec import TrialConfig
+
     optuna_trial_id = _start_optuna_trial(session, db, row)
     return ClaimedTrial(
         trial_id=row.id,
@@ -205,6 +236,7 @@ def _claim_in_session(
         worker=worker,
         claimed_at=row.claimed_at,
         optuna_trial_id=optuna_trial_id,
+        pack_key=row.pack_key,
     )
 
 
@@ -229,15 +261,35 @@ def _start_optuna_trial(session: Any, db: Database, row: Any) -> int | None:
 
 def renew_lease(db: Database, claim: ClaimedTrial, *, lease_seconds: float | None = None) -> bool:
     """Extends the lease; False when it was lost or the study was cancelled (stop the trial)."""
-    seconds = _check_lease_seconds(lease_seconds or claim.lease_seconds)
+    return claim.trial_id in renew_leases(db, [claim], lease_seconds=lease_seconds)
+
+
+def renew_leases(
+    db: Database, claims: Sequence[ClaimedTrial], *, lease_seconds: float | None = None
+) -> set[int]:
+    """Extends the leases of many claims (a pack) in one UPDATE; returns the ids of the trials
+    still held and not cancelled (a missing id: stop that trial)."""
+    if not claims:
+        return set()
+    seconds = _check_lease_seconds(lease_seconds or max(c.lease_seconds for c in claims))
+    # Rows locked in id order, as record_evaluations writes them: the heartbeat and the
+    # worker's own evaluation writes about one pack then never deadlock on PostgreSQL.
+    locked = (
+        select(TrialRow.id)
+        .where(or_(*(_held(claim) for claim in claims)), ~_study_cancelled())
+        .order_by(TrialRow.id)
+        .with_for_update()
+        .scalar_subquery()
+    )
     with db.session() as session:
-        result = session.execute(
+        held = session.execute(
             update(TrialRow)
-            .where(_held(claim), ~_study_cancelled())
-            .values(lease_expires_at=_lease_until(db, seconds)),
+            .where(TrialRow.id.in_(locked))
+            .values(lease_expires_at=_lease_until(db, seconds))
+            .returning(TrialRow.id),
             execution_options=_NO_SYNC,
-        )
-        return result.rowcount == 1
+        ).scalars()
+        return {int(trial_id) for trial_id in held}
 
 
 def eval_point_json(point: EvalPoint) -> dict[str, Any]:
@@ -262,24 +314,52 @@ def buffer_evaluation(claim: ClaimedTrial, point: EvalPoint) -> None:
 def record_evaluation(db: Database, claim: ClaimedTrial, point: EvalPoint) -> bool:
     """Stores one evaluation (and any buffered before it) on the trial's curve and as Optuna
     intermediate values, and renews the lease, in one transaction; False: stop the trial."""
-    buffer_evaluation(claim, point)
-    pending = _unreported(claim) if claim.optuna_trial_id is not None else {}
+    return claim.trial_id in record_evaluations(db, [(claim, point)])
+
+
+def record_evaluations(
+    db: Database, evaluations: Sequence[tuple[ClaimedTrial, EvalPoint]]
+) -> set[int]:
+    """record_evaluation for many claims (the members of a pack) in one transaction; returns the
+    ids of the trials still held and not cancelled (a missing id: stop that trial)."""
+    for claim, point in evaluations:
+        buffer_evaluation(claim, point)
+    # In id order, like renew_leases: one lock order for every multi-trial write.
+    claims = sorted({id(claim): claim for claim, _ in evaluations}.values(), key=_trial_id)
+    pending = {
+        id(claim): _unreported(claim) if claim.optuna_trial_id is not None else {}
+        for claim in claims
+    }
+    held: set[int] = set()
+    if not claims:
+        return held
     with db.session() as session:
-        result = session.execute(
-            update(TrialRow)
-            .where(_held(claim), ~_study_cancelled())
-            .values(
-                curve=list(claim.curve), lease_expires_at=_lease_until(db, claim.lease_seconds)
-            ),
-            execution_options=_NO_SYNC,
-        )
-        held = result.rowcount == 1
-        # Only while the lease is held: our row's lock orders this after any re-claim's reset.
-        if held and pending and claim.optuna_trial_id is not None:
-            write_intermediate(session, claim.optuna_trial_id, pending)
-    if held:
-        claim.optuna_steps.update(pending)
+        for claim in claims:
+            result = session.execute(
+                update(TrialRow)
+                .where(_held(claim), ~_study_cancelled())
+                .values(
+                    curve=list(claim.curve),
+                    lease_expires_at=_lease_until(db, claim.lease_seconds),
+                ),
+                execution_options=_NO_SYNC,
+            )
+            if result.rowcount != 1:
+                continue
+            held.add(claim.trial_id)
+            # Only while the lease is held: our row's lock orders this after any re-claim's
+            # reset.
+            points = pending[id(claim)]
+            if points and claim.optuna_trial_id is not None:
+                write_intermediate(session, claim.optuna_trial_id, points)
+    for claim in claims:  # committed: those steps are in Optuna now
+        if claim.trial_id in held:
+            claim.optuna_steps.update(pending[id(claim)])
     return held
+
+
+def _trial_id(claim: ClaimedTrial) -> int:
+    return claim.trial_id
 
 
 def _unreported(claim: ClaimedTrial) -> dict[int, float]:

@@ -154,6 +154,7 @@ def create_study(db: Database, spec: StudySpec, *, idempotency_key: str | None =
                         "number": number,
                         "config": data,
                         "config_key": config.key(),
+                        "pack_key": config.pack_key(),
                         "params": config.params(),
                         "priority": spec.priority,
                         "state": "queued",

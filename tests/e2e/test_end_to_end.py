@@ -120,7 +120,8 @@ def test_cancel_mid_study_stops_queued_trials(sqlite_url: str, tmp_path) -> None
     with (
         running_server(sqlite_url, log_path=str(tmp_path / "server.log")) as url,
         httpx.Client(base_url=url, timeout=60) as client,
-        running_workers(sqlite_url, 1, tmp_path),
+        # One trial at a time: a pack would start every trial before the cancel.
+        running_workers(sqlite_url, 1, tmp_path, "--pack-size", "1"),
     ):
         study = client.post("/studies", json=slow).json()
         poll(client, study["id"], lambda s: s["progress"]["completed"] >= 2, timeout=90)

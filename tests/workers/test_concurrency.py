@@ -56,7 +56,9 @@ def test_killed_worker_trial_runs_again_elsewhere(
     db = migrated(postgres_url)
     slow = {"steps_per_epoch": 8, "sleep_s": 0.15, "eval_every": 1}  # about 1.2 s per trial
     view = create_study(db, noop_spec(n_lr=2, seeds=2, workload_config=slow))
+    # One trial at a time: the test follows one killed trial (a pack would requeue several).
     args = ("--exit-when-idle", "--lease-seconds", "2", "--poll-interval", "0.2")
+    args += ("--pack-size", "1")
     victim = worker_processes.start(postgres_url, *args)
     running = wait_for(
         lambda: [r for r in trial_rows(db, view.id) if r.state == "running" and r.curve],
@@ -92,8 +94,11 @@ def test_cancel_mid_study_starts_no_queued_trial(
     db = migrated(postgres_url)
     slow = {"steps_per_epoch": 4, "sleep_s": 0.1, "eval_every": 1}
     view = create_study(db, noop_spec(n_lr=5, seeds=3, workload_config=slow))  # 30 trials
+    # One trial at a time: a pack would start every trial before the cancel.
     for _ in range(2):
-        worker_processes.start(postgres_url, "--exit-when-idle", "--poll-interval", "0.2")
+        worker_processes.start(
+            postgres_url, "--exit-when-idle", "--poll-interval", "0.2", "--pack-size", "1"
+        )
     wait_for(
         lambda: sum(r.state == "completed" for r in trial_rows(db, view.id)) >= 3,
         timeout=90,

@@ -1,0 +1,159 @@
+"""Trial packs: how much faster a study runs when workers train compatible trials together.
+
+Three measurements, each printed as a ratio against a baseline measured in the same run:
+
+1. end to end: the quick preset (studies/presets/quick.yaml) through `adamod-lab up` (the API
+   plus 2 workers on a fresh SQLite file, the machine's cores shared as in production), from
+   submission to the last trial finished, with `--pack-size 1` (one trial at a time) against the
+   default (`auto`, packs of up to 64);
+2. trials per second of `run_pack` at K = 1, 4, 16, 64 members, against `run_trial` one after
+   the other, for digits_mlp (its quick-preset budget) and tiny_transformer (a short budget);
+3. the per-member optimizer step at K members against K scalar steps (benchmarks/member_step.py).
+
+    .venv/bin/python benchmarks/packs.py            # everything (a few minutes on 2 cores)
+    .venv/bin/python benchmarks/packs.py --skip-e2e # 2 and 3 only
+
+Target (issue 8): the quick preset >= 10x faster packed, on the 2-core development machine.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# Run as a script, this folder is sys.path[0]: its queue.py would shadow the standard library's
+# queue (imported by torch), so drop it and put the checkout first instead.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+sys.path.insert(0, str(_HERE.parent))
+
+import argparse
+import os
+import subprocess
+import tempfile
+import time
+import warnings
+from typing import Any
+
+ROOT = _HERE.parent
+QUICK = ROOT / "studies" / "presets" / "quick.yaml"
+
+
+def _adamod_lab() -> list[str]:
+    return [sys.executable, "-m", "service.cli"]
+
+
+def run_up(pack_size: str, spec: Path, workers: int = 2, timeout_s: float = 900.0) -> float:
+    """Seconds from submitting `spec` to its last trial finished, through `adamod-lab up` with
+    `workers` workers at `--pack-size pack_size` on a fresh SQLite file."""
+    from service.client import Client
+    from service.processes import free_port, wait_healthy
+    from studies.spec import read_spec_file
+
+    with tempfile.TemporaryDirectory() as tmp:
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        env = {**os.environ, "ADAMOD_LAB_API_TOKENS": "", "OMP_NUM_THREADS": "1"}
+        command = [
+            *_adamod_lab(), "up", "--workers", str(workers), "--port", str(port),
+            "--database-url", f"sqlite:///{tmp}/bench.db", "--pack-size", pack_size,
+            "--device", "cpu",
+        ]  # fmt: skip
+        log = open(Path(tmp) / "up.log", "w")  # noqa: SIM115 - closed below
+        server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            if not wait_healthy(url, server, 180):
+                raise RuntimeError(
+                    f"adamod-lab up did not start: {Path(tmp, 'up.log').read_text()}"
+                )
+            client = Client(url)
+            time.sleep(2.0)  # let the workers import torch and reach their first poll
+            started = time.perf_counter()
+            study = client.submit(read_spec_file(spec))
+            while True:
+                status = client.study(study["id"])
+                if status["status"] in ("completed", "failed", "cancelled"):
+                    break
+                if time.perf_counter() - started > timeout_s:
+                    raise TimeoutError(f"study did not finish in {timeout_s} s")
+                time.sleep(0.2)
+            elapsed = time.perf_counter() - started
+            counts = status.get("counts") or status.get("progress")
+            print(f"  --pack-size {pack_size:>4}: {elapsed:6.1f} s  ({counts})", flush=True)
+            return elapsed
+        finally:
+            server.terminate()
+            try:
+                server.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                server.kill()
+            log.close()
+
+
+def trials_per_second(workload: str, budget: dict[str, Any], k_values: list[int]) -> None:
+    """run_pack at each K against run_trial one by one, on one thread."""
+    import torch
+
+    from studies.pack import run_pack
+    from studies.spec import TrialConfig
+    from studies.trial import run_trial
+
+    torch.set_num_threads(1)
+
+    def config(k: int) -> TrialConfig:
+        return TrialConfig.model_validate(
+            {
+                "workload": workload,
+                "optimizer": "adamod",
+                "beta3": 0.999,
+                "lr": 1e-3 * (1 + k % 7),
+                "seed": k % 6,
+                "budget": budget,
+            }
+        )
+
+    run_trial(config(0))  # warm up: imports, data caches
+    n_alone = 3
+    started = time.perf_counter()
+    for k in range(n_alone):
+        run_trial(config(k))
+    alone = n_alone / (time.perf_counter() - started)
+    print(f"  {workload}: run_trial one by one {alone:7.2f} trials/s (baseline)", flush=True)
+    for k_members in k_values:
+        configs = [config(k) for k in range(k_members)]
+        started = time.perf_counter()
+        run_pack(configs)
+        rate = k_members / (time.perf_counter() - started)
+        print(
+            f"  {workload}: pack of {k_members:2d}  {rate:7.2f} trials/s  ({rate / alone:5.1f}x)",
+            flush=True,
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--skip-e2e", action="store_true", help="skip the adamod-lab up runs")
+    parser.add_argument("--spec", type=Path, default=QUICK, help="spec for the end-to-end runs")
+    parser.add_argument("--k", type=int, nargs="+", default=[1, 4, 16, 64])
+    args = parser.parse_args()
+    warnings.simplefilter("ignore")
+
+    if not args.skip_e2e:
+        print(f"1. {args.spec.name} end to end through adamod-lab up, 2 workers:", flush=True)
+        alone = run_up("1", args.spec)
+        packed = run_up("auto", args.spec)
+        print(f"  packed is {alone / packed:.1f}x faster (target >= 10x)", flush=True)
+
+    print("2. trials per second, one thread:", flush=True)
+    trials_per_second("digits_mlp", {"epochs": 10}, args.k)
+    trials_per_second("tiny_transformer", {"steps": 200}, args.k)
+
+    print("3. the per-member optimizer step against K scalar steps:", flush=True)
+    from benchmarks.member_step import measure
+
+    for row in measure(tuple(args.k)):
+        print("  " + "  ".join(f"{key}={value}" for key, value in row.items()), flush=True)
+
+
+if __name__ == "__main__":
+    main()
