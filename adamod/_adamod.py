@@ -56,9 +56,12 @@ class AdaMod(BoundedAdamBase):
     member dim of K, and value k applies to the slice param[k] only: K independent models train
     in one step, member k exactly as this optimizer with member k's values would train
     param[k]. Change lr between steps with ``group["lr"].copy_(values)`` or by assigning a new
-    tensor; nothing is recompiled. Every path supports it (``fused=True``: on CPU the C kernel
-    once per member, on CUDA the foreach path). With ``track_bounds=True``,
-    :meth:`member_bound_stats` gives each member's telemetry.
+    tensor; nothing is recompiled. Every path supports it. By default (and with ``fused=True``)
+    a CPU step is one call of a C kernel for all members of all contiguous float32/float64
+    params, bit for bit the scalar ``fused=True`` step of each member; without a C compiler the
+    default silently takes the single-tensor path (``foreach=False`` selects it). On CUDA
+    ``fused`` is the foreach path. With ``track_bounds=True``, :meth:`member_bound_stats` gives
+    each member's telemetry.
 
     Args:
         params: iterable of parameters or param-group dicts.

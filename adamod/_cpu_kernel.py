@@ -1,7 +1,8 @@
 """The fused CPU kernel: compiled from _cpu_kernel.c on first use, called through ctypes.
 
-One call per step updates every contiguous float32/float64 tensor in a single pass; the work is
-split into torch.get_num_threads() contiguous ranges. Where torch runs on OpenMP (its Linux
+One call per step (and dtype) updates every contiguous float32/float64 tensor in a single pass;
+in member mode one call updates every member of every tensor, each with its own scalars. The work
+is split into torch.get_num_threads() contiguous ranges. Where torch runs on OpenMP (its Linux
 wheels), the ranges run on torch's own OpenMP threads: those spin for a while after every torch op,
 so threads of our own would fight them for the cores (measured: no speed-up from a second thread,
 against 1.2x fused Adam with OpenMP). Elsewhere, and in a forked child, a Python thread pool runs
@@ -17,8 +18,10 @@ import shutil
 import subprocess
 import tempfile
 import threading
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -36,6 +39,7 @@ _MIN_ELEMENTS_PER_THREAD = 1 << 16
 _DTYPES = (torch.float32, torch.float64)
 _lock = threading.Lock()
 _library: ctypes.CDLL | None = None
+_load_error: str | None = None  # why the library did not load (default paths fall back)
 _library_pid = 0  # OpenMP's thread pool does not survive fork: children use the Python pool
 _pool: ThreadPoolExecutor | None = None
 _pool_pid = 0  # a forked child inherits the pool object but not its threads
@@ -96,19 +100,42 @@ def load_library() -> ctypes.CDLL:
                     )
                 os.replace(built, target)  # atomic: concurrent processes never see half a file
         library = ctypes.CDLL(str(target))
-        for name in ("bounded_update_f32", "bounded_update_f64"):
-            fn = getattr(library, name)
-            fn.restype = None
-            fn.argtypes = _KERNEL_ARGTYPES
-            parallel = getattr(library, f"{name}_parallel", None)
-            if parallel is not None:
-                parallel.restype = None
-                parallel.argtypes = [ctypes.c_int64, *_KERNEL_ARGTYPES]
-                fn.parallel = parallel  # ctypes function objects take attributes
+        for name, argtypes in (
+            ("bounded_update", _KERNEL_ARGTYPES),
+            ("member_update", _MEMBER_ARGTYPES),
+        ):
+            for dtype in ("f32", "f64"):
+                fn = getattr(library, f"{name}_{dtype}")
+                fn.restype = None
+                fn.argtypes = argtypes
+                parallel = getattr(library, f"{name}_{dtype}_parallel", None)
+                if parallel is not None:
+                    parallel.restype = None
+                    parallel.argtypes = [ctypes.c_int64, *argtypes]
+                    fn.parallel = parallel  # ctypes function objects take attributes
         global _library_pid
         _library_pid = os.getpid()
         _library = library
         return library
+
+
+def available() -> bool:
+    """Whether the kernel library loads here; a failure is remembered, never retried.
+
+    The default member path asks this every step and falls back to the torch path without a
+    compiler, so a failed compilation must not be attempted again at the next step.
+    """
+    global _load_error
+    if _library is not None:
+        return True
+    if _load_error is not None:
+        return False
+    try:
+        load_library()
+    except ImportError as error:
+        _load_error = str(error)
+        return False
+    return True
 
 
 _POINTER, _I64, _F64 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
@@ -122,6 +149,19 @@ _KERNEL_ARGTYPES = [
     _I64,  # use_abs
     *[_F64] * 3,  # friction a, k, b
     _POINTER,  # stats
+]
+_MEMBER_ARGTYPES = [
+    _I64,  # number of tensors
+    _I64,  # number of members K
+    *[_POINTER] * 7,  # p, g, m, v, s, previous gradients (or NULL), sizes
+    *[_POINTER] * 3,  # per tensor a pointer to K values of c, eps, scale
+    *[_POINTER] * 4,  # K values each of beta1, beta2, beta3, decay
+    _I64,  # lo
+    _I64,  # hi
+    _F64,  # sign
+    _I64,  # use_abs
+    *[_F64] * 3,  # friction a, k, b
+    _POINTER,  # stats: K rows of 5
 ]
 
 
@@ -137,53 +177,42 @@ def _pointers(tensors: list[Tensor]) -> ctypes.Array:
     return (ctypes.c_void_p * len(tensors))(*[t.data_ptr() for t in tensors])
 
 
-def _kernel(dtype: torch.dtype) -> ctypes._CFuncPtr:  # type: ignore[name-defined]
-    """The kernel function for float32 or float64 tensors (compiling the library on first use)."""
+def _doubles(values: Sequence[float]) -> ctypes.Array:
+    return (ctypes.c_double * len(values))(*values)
+
+
+def _kernel(dtype: torch.dtype, name: str = "bounded_update") -> ctypes._CFuncPtr:  # type: ignore[name-defined]
+    """A kernel function for float32 or float64 tensors (compiling the library on first use)."""
     library = load_library()
-    return library.bounded_update_f64 if dtype == torch.float64 else library.bounded_update_f32
+    return getattr(library, f"{name}_{'f64' if dtype == torch.float64 else 'f32'}")
 
 
 def _launch(
     fn: ctypes._CFuncPtr,  # type: ignore[name-defined]
-    n_tensors: int,
-    arrays: list[ctypes.Array],
-    prev: ctypes.Array | None,
-    sizes: ctypes.Array,
-    per_tensor: list[ctypes.Array],
+    head: tuple[Any, ...],
     total: int,
-    tail: tuple[float, ...],
-    with_stats: bool,
-) -> list[list[float]] | None:
-    """Run the kernel over `total` elements, split over threads; return each chunk's stats."""
+    tail: tuple[Any, ...],
+    stats_width: int | None,
+) -> Tensor | None:
+    """Run fn(*head, lo, hi, *tail, stats) over `total` elements, split over threads.
+
+    Returns each chunk's stats as rows of `stats_width` doubles (None without stats).
+    """
     global _pool, _pool_pid
     n_chunks = max(1, min(torch.get_num_threads(), total // _MIN_ELEMENTS_PER_THREAD))
     bounds = [total * k // n_chunks for k in range(n_chunks + 1)]
-    stats = [(ctypes.c_double * 5)() for _ in range(n_chunks)] if with_stats else None
+    stats = None if stats_width is None else torch.zeros(n_chunks, stats_width, dtype=torch.float64)
+    address = 0 if stats is None else stats.data_ptr()
+    row_bytes = 0 if stats_width is None else 8 * stats_width
 
     def run(k: int) -> None:
-        chunk_stats = None if stats is None else stats[k]
-        fn(
-            n_tensors,
-            *arrays,
-            prev,
-            sizes,
-            *per_tensor,
-            bounds[k],
-            bounds[k + 1],
-            *tail,
-            chunk_stats,
-        )
+        fn(*head, bounds[k], bounds[k + 1], *tail, address + k * row_bytes if address else None)
 
     parallel = getattr(fn, "parallel", None)
     if n_chunks == 1:
         run(0)
     elif parallel is not None and _library_pid == os.getpid():
-        flat_stats = (ctypes.c_double * (5 * n_chunks))() if with_stats else None
-        parallel(
-            n_chunks, n_tensors, *arrays, prev, sizes, *per_tensor, 0, total, *tail, flat_stats
-        )
-        if flat_stats is not None and stats is not None:
-            return [list(flat_stats[5 * k : 5 * k + 5]) for k in range(n_chunks)]
+        parallel(n_chunks, *head, 0, total, *tail, address or None)
     else:
         if _pool is None or _pool_pid != os.getpid() or _pool._max_workers < n_chunks - 1:
             _pool = ThreadPoolExecutor(max_workers=n_chunks - 1, thread_name_prefix="adamod")
@@ -192,26 +221,23 @@ def _launch(
         run(0)
         for future in futures:
             future.result()
-    return None if stats is None else [list(row) for row in stats]
+    return stats
 
 
-def _reduce(rows: list[list[float]]) -> list[float]:
-    """[active, Σ η, max η, Σ eff, max eff] of the chunks together."""
-    return [
-        sum(r[0] for r in rows),
-        sum(r[1] for r in rows),
-        max(r[2] for r in rows),
-        sum(r[3] for r in rows),
-        max(r[4] for r in rows),
-    ]
+def _reduce(stats: Tensor) -> Tensor:
+    """[active, Σ η, max η, Σ eff, max eff] (last dim) of the chunks (first dim) together."""
+    if stats.shape[0] == 1:
+        return stats[0]
+    out = stats.sum(0)
+    out[..., 2] = stats[..., 2].amax(0)
+    out[..., 4] = stats[..., 4].amax(0)
+    return out
 
 
-def _tail(
-    beta1: float, beta2: float, beta3: float, decay: float, maximize: bool, version: int | None
-) -> tuple[float, ...]:
-    """The kernel's scalar arguments after the element range."""
-    friction = _FRICTION[0 if version is None else version]
-    return (beta1, beta2, beta3, decay, -1.0 if maximize else 1.0, *friction)
+def _friction(maximize: bool, version: int | None) -> tuple[float, ...]:
+    """sign, use_abs and DiffMod's friction a, k, b (AdaMod: unused)."""
+    use_abs, a, k, b = _FRICTION[0 if version is None else version]
+    return (-1.0 if maximize else 1.0, use_abs, a, k, b)
 
 
 def fused_cpu_update(
@@ -240,13 +266,14 @@ def fused_cpu_update(
     prev = _pointers(prev_grads) if prev_grads is not None else None
     numels = [p.numel() for p in params]
     sizes = (ctypes.c_int64 * len(numels))(*numels)
-    per_tensor = [(ctypes.c_double * len(x))(*x) for x in (c, eps, scale)]
-    tail = _tail(beta1, beta2, beta3, decay, maximize, version)
-    rows = _launch(fn, len(params), arrays, prev, sizes, per_tensor, sum(numels), tail, with_stats)
-    return None if rows is None else torch.tensor(_reduce(rows), dtype=torch.float64)
+    head = (len(params), *arrays, prev, sizes, _doubles(c), _doubles(eps), _doubles(scale))
+    sign, *friction = _friction(maximize, version)
+    tail = (beta1, beta2, beta3, decay, sign, *friction)
+    stats = _launch(fn, head, sum(numels), tail, 5 if with_stats else None)
+    return None if stats is None else _reduce(stats)
 
 
-def fused_cpu_update_members(
+def member_cpu_update(
     params: list[Tensor],
     grads: list[Tensor],
     exp_avgs: list[Tensor],
@@ -254,45 +281,53 @@ def fused_cpu_update_members(
     exp_avg_lrs: list[Tensor],
     prev_grads: list[Tensor] | None,
     *,
-    c: list[list[float]],
-    eps: list[list[float]],
-    scale: list[list[float]],
-    beta1: list[float],
-    beta2: list[float],
-    beta3: list[float],
-    decay: list[float],
+    members: int,
+    c: list[Sequence[float]],
+    eps: list[Sequence[float]],
+    scale: list[Sequence[float]],
+    beta1: Sequence[float],
+    beta2: Sequence[float],
+    beta3: Sequence[float],
+    decay: Sequence[float],
     maximize: bool,
     version: int | None,
     with_stats: bool,
 ) -> Tensor | None:
-    """Member mode: the kernel once per member k on the slices t[k], with member k's scalars.
+    """Member mode: every member of same-dtype tensors in one kernel call; (K, 5) stats.
 
-    Every tensor leads with the member dim K and is contiguous, so slice k starts k rows into
-    it: the pointers are computed, not sliced (a view per tensor per member would cost more
-    than the update of a small pack). c[k], eps[k], scale[k] are member k's per-tensor values;
-    the other lists hold one value per member. Returns the (K, 5) stats.
+    Every tensor leads with the member dim K and is contiguous, so element i of a tensor of n
+    elements belongs to member i // (n / K): the kernel derives it, with no slicing here.
+    c[t], eps[t], scale[t] are the K values for tensor t (tensors of one step count pass the
+    same sequences, which are then converted once); beta1..decay hold one value per member.
     """
-    fn = _kernel(params[0].dtype)
+    fn = _kernel(params[0].dtype, "member_update")
     grads = [g if g.is_contiguous() else g.contiguous() for g in grads]
-    members = len(beta1)
-    lists = [params, grads, exp_avgs, exp_avg_sqs, exp_avg_lrs]
-    if prev_grads is not None:
-        lists.append(prev_grads)
-    bases = [[t.data_ptr() for t in ts] for ts in lists]
-    numels = [p.numel() // members for p in params]
-    rows_bytes = [n * p.element_size() for n, p in zip(numels, params, strict=True)]
+    arrays = [_pointers(ts) for ts in (params, grads, exp_avgs, exp_avg_sqs, exp_avg_lrs)]
+    prev = _pointers(prev_grads) if prev_grads is not None else None
+    numels = [p.numel() for p in params]
     sizes = (ctypes.c_int64 * len(numels))(*numels)
-    n = len(params)
-    out = []
-    for k in range(members):
-        arrays = [
-            (ctypes.c_void_p * n)(*[b + k * r for b, r in zip(base, rows_bytes, strict=True)])
-            for base in bases
-        ]
-        prev = arrays.pop() if prev_grads is not None else None
-        per_tensor = [(ctypes.c_double * n)(*x[k]) for x in (c, eps, scale)]
-        tail = _tail(beta1[k], beta2[k], beta3[k], decay[k], maximize, version)
-        rows = _launch(fn, n, arrays, prev, sizes, per_tensor, sum(numels), tail, with_stats)
-        if rows is not None:
-            out.append(_reduce(rows))
-    return torch.tensor(out, dtype=torch.float64) if with_stats else None
+    converted: dict[int, ctypes.Array] = {}  # by id: the arrays live until the call returns
+
+    def per_tensor(values: list[Sequence[float]]) -> ctypes.Array:
+        for v in values:
+            if id(v) not in converted:
+                converted[id(v)] = _doubles(v)
+        return (ctypes.c_void_p * len(values))(
+            *[ctypes.addressof(converted[id(v)]) for v in values]
+        )
+
+    head = (
+        len(params),
+        members,
+        *arrays,
+        prev,
+        sizes,
+        per_tensor(c),
+        per_tensor(eps),
+        per_tensor(scale),
+        *(_doubles(x) for x in (beta1, beta2, beta3, decay)),
+    )
+    stats = _launch(
+        fn, head, sum(numels), _friction(maximize, version), 5 * members if with_stats else None
+    )
+    return None if stats is None else _reduce(stats.view(-1, members, 5))

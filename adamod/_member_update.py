@@ -3,13 +3,16 @@
 The maths of adamod._update with every hyperparameter a (K,) tensor, broadcast over the other
 dims as (K, 1, ..., 1). Every op is element-wise, so nothing of member k reaches member j, and
 the telemetry reduces each member's slice on its own. `member_update` checks the values against
-the params once, before anything changes, and runs one of three implementations:
+the params once, before anything changes, and runs one of four implementations:
 
+- "auto" (foreach and fused left at None): on CPU the member C kernel (adamod._member_kernel:
+  every member of every tensor in one call per step and dtype) where it compiles and the
+  tensors are contiguous float32/float64; everything else takes "single";
 - "single": one tensor at a time, the single-tensor path's eager ops;
 - "multi": torch._foreach_* ops over the tensors of each device and dtype (also CUDA's fused:
   the compiled CUDA kernel takes scalars);
-- "fused": on CPU the C kernel once per member on the contiguous slices param[k], with that
-  member's scalars (read with one .tolist() per step: CPU tensors, no device sync).
+- "fused": the member C kernel on CPU, raising ImportError where it cannot compile; CPU tensors
+  it cannot update take "single", tensors on other devices "multi".
 """
 
 from __future__ import annotations
@@ -17,55 +20,23 @@ from __future__ import annotations
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from torch import Tensor
 from torch.utils._foreach_utils import _group_tensors_by_device_and_dtype
 
+from adamod._member_types import MemberHyper, Tensors
 from adamod._members_hyper import Broadcast, check_member_params, member_count, member_values
-from adamod._telemetry import BoundTracker, member_partial_bound_stats
-from adamod._update import coefficients, friction_
+from adamod._telemetry import (
+    BoundTracker,
+    member_eff_stats,
+    member_eta_stats,
+    member_partials,
+)
+from adamod._update import friction_
 
 Hyper = float | Tensor
-
-
-class Tensors(NamedTuple):
-    """The lists one update works on; prev_grads is None for AdaMod."""
-
-    params: list[Tensor]
-    grads: list[Tensor]
-    exp_avgs: list[Tensor]
-    exp_avg_sqs: list[Tensor]
-    exp_avg_lrs: list[Tensor]
-    prev_grads: list[Tensor] | None
-    state_steps: list[Tensor]
-
-    def pick(self, indices: list[int]) -> Tensors:
-        """The same lists restricted to `indices`."""
-        return Tensors(
-            *(None if lst is None else [lst[i] for i in indices] for lst in self)  # type: ignore[arg-type]
-        )
-
-
-@dataclass(frozen=True)
-class MemberHyper:
-    """One step's hyperparameters of K members as float64 CPU tensors of shape (K,) or (1,)."""
-
-    members: int
-    beta1: Tensor
-    beta2: Tensor
-    beta3: Tensor
-    lr: Tensor
-    eps: Tensor
-    weight_decay: Tensor
-    form: str
-    version: int | None
-    maximize: bool
-
-    def decay(self) -> Tensor | None:
-        """1 - lr·wd per member, or None when no member decays (CPU tensors: no device sync)."""
-        return 1.0 - self.lr * self.weight_decay if bool((self.weight_decay != 0).any()) else None
 
 
 @dataclass(frozen=True)
@@ -161,10 +132,11 @@ def _single(tensors: Tensors, h: MemberHyper, tracker: BoundTracker | None) -> N
         eta = torch.sqrt(exp_avg_sq).add_(cast.like(co.eps, param))
         torch.div(cast.like(co.c, param), eta, out=eta)  # η_t = c / (sqrt(v_t) + ε')
         exp_avg_lr.lerp_(eta, cast.like(one_minus_beta3, param))  # s_t
+        columns = [] if tracker is None else member_eta_stats(eta, exp_avg_lr, h.members)
+        eff = torch.minimum(eta, exp_avg_lr, out=eta)  # min(η_t, s_t), shared with the telemetry
         if tracker is not None:
-            partial = member_partial_bound_stats(eta, exp_avg_lr, h.members)
+            partial = member_partials(columns + member_eff_stats(eff, h.members))
             tracker.add_members(partial, eta.numel() // h.members, int(step))
-        eff = torch.minimum(eta, exp_avg_lr, out=eta)  # min(η_t, s_t)
         if prev_grads is not None:
             assert h.version is not None
             eff.mul_(friction_(torch.sub(prev_grads[i], grad), h.version))  # DiffMod: ξ_t
@@ -210,11 +182,14 @@ def _multi(tensors: Tensors, h: MemberHyper, tracker: BoundTracker | None) -> No
             _per_tensor(cast, coeffs, "c", d_params), etas
         )  # η_t = c / (sqrt(v_t) + ε')
         torch._foreach_lerp_(d_lrs, etas, cast.each(1.0 - h.beta3, d_params))  # s_t
+        heads: list[list[Tensor]] = []  # η columns of the telemetry, before η becomes min(η, s)
         if tracker is not None:
-            for eta, lr_avg, step in zip(etas, d_lrs, steps, strict=True):
-                partial = member_partial_bound_stats(eta, lr_avg, h.members)
+            heads = [member_eta_stats(e, s, h.members) for e, s in zip(etas, d_lrs, strict=True)]
+        torch._foreach_minimum_(etas, d_lrs)  # min(η_t, s_t), shared with the telemetry
+        if tracker is not None:
+            for eta, head, step in zip(etas, heads, steps, strict=True):
+                partial = member_partials(head + member_eff_stats(eta, h.members))
                 tracker.add_members(partial, eta.numel() // h.members, int(step))
-        torch._foreach_minimum_(etas, d_lrs)  # min(η_t, s_t)
         if d_prev is not None:  # DiffMod: ξ_t from g_{t-1} - g_t
             diffs = torch._foreach_sub(d_prev, d_grads)
             if h.version != 1:
@@ -240,30 +215,38 @@ def _per_tensor(
 
 
 def _fused(tensors: Tensors, h: MemberHyper, tracker: BoundTracker | None) -> None:
-    """The C kernel once per member on contiguous CPU slices; the rest through the eager paths.
-
-    CPU tensors the kernel cannot update in place take the single-tensor member path; tensors
-    on other devices take the foreach member path.
-    """
-    params = tensors.params
-    on_cpu = [i for i, p in enumerate(params) if p.device.type == "cpu"]
-    fits: list[int] = []
-    if on_cpu:
+    """The member C kernel on CPU (ImportError before any change where it cannot compile)."""
+    if any(p.device.type == "cpu" for p in tensors.params):
         from adamod import _cpu_kernel
 
         _cpu_kernel.load_library()  # compiles on first use; fails before anything changes
-        prev = tensors.prev_grads
-        fits = [
-            i
-            for i in on_cpu
-            if _cpu_kernel.eligible(
-                params[i],
-                tensors.exp_avgs[i],
-                tensors.exp_avg_sqs[i],
-                tensors.exp_avg_lrs[i],
-                None if prev is None else prev[i],
-            )
-        ]
+    _with_kernel(tensors, h, tracker, on_device=_multi)
+
+
+def _auto(tensors: Tensors, h: MemberHyper, tracker: BoundTracker | None) -> None:
+    """The default: the member C kernel where it is available, silently "single" elsewhere."""
+    from adamod import _cpu_kernel
+
+    if any(p.device.type == "cpu" for p in tensors.params) and _cpu_kernel.available():
+        _with_kernel(tensors, h, tracker, on_device=_single)
+    else:
+        _single(tensors, h, tracker)
+
+
+def _with_kernel(
+    tensors: Tensors,
+    h: MemberHyper,
+    tracker: BoundTracker | None,
+    *,
+    on_device: Callable[[Tensors, MemberHyper, BoundTracker | None], None],
+) -> None:
+    """CPU tensors the kernel fits: one kernel call per dtype; other CPU tensors: "single";
+    tensors on other devices: `on_device`. The library is loaded already."""
+    from adamod._member_kernel import kernel_fits, kernel_update
+
+    params = tensors.params
+    on_cpu = [i for i, p in enumerate(params) if p.device.type == "cpu"]
+    fits = [i for i in on_cpu if kernel_fits(tensors, i)]
     fit_set = set(fits)
     others = [i for i in on_cpu if i not in fit_set]
     if others:
@@ -271,56 +254,15 @@ def _fused(tensors: Tensors, h: MemberHyper, tracker: BoundTracker | None) -> No
     for dtype in (torch.float32, torch.float64):
         chosen = [i for i in fits if params[i].dtype == dtype]
         if chosen:
-            _fused_cpu_members(tensors.pick(chosen), h, tracker)
-    on_device = [i for i, p in enumerate(params) if p.device.type != "cpu"]
-    if on_device:
-        _multi(tensors.pick(on_device), h, tracker)
+            kernel_update(
+                tensors if len(chosen) == len(params) else tensors.pick(chosen), h, tracker
+            )
+    on_device_indices = [i for i, p in enumerate(params) if p.device.type != "cpu"]
+    if on_device_indices:
+        on_device(tensors.pick(on_device_indices), h, tracker)
 
 
-def _fused_cpu_members(tensors: Tensors, h: MemberHyper, tracker: BoundTracker | None) -> None:
-    """The C kernel for each member k on the slices t[k], with member k's scalars.
-
-    The scalars are computed as the scalar fused path computes them (Python floats through
-    `coefficients`), so member k's update is the scalar optimizer's, bit for bit.
-    """
-    from adamod import _cpu_kernel
-
-    params, grads, exp_avgs, exp_avg_sqs, exp_avg_lrs, prev_grads, state_steps = tensors
-    torch._foreach_add_(state_steps, 1.0)
-    steps = torch.stack(state_steps).tolist()  # CPU step tensors: one call, no device sync
-    values = torch.broadcast_tensors(h.beta1, h.beta2, h.beta3, h.lr, h.eps, h.weight_decay)
-    beta1, beta2, beta3, lr, eps, wd = torch.stack(values).tolist()  # one read of every member
-    coeffs = []  # [member][tensor] -> (c, eps, scale)
-    for k in range(len(beta1)):
-        by_step = {
-            st: coefficients(st, beta1=beta1[k], beta2=beta2[k], lr=lr[k], eps=eps[k], form=h.form)
-            for st in set(steps)
-        }
-        coeffs.append([by_step[st] for st in steps])
-    stats = _cpu_kernel.fused_cpu_update_members(
-        params,
-        grads,
-        exp_avgs,
-        exp_avg_sqs,
-        exp_avg_lrs,
-        prev_grads,
-        c=[[x[0] for x in row] for row in coeffs],
-        eps=[[x[1] for x in row] for row in coeffs],
-        scale=[[x[2] for x in row] for row in coeffs],
-        beta1=beta1,
-        beta2=beta2,
-        beta3=beta3,
-        decay=[1.0 - lr_k * wd_k for lr_k, wd_k in zip(lr, wd, strict=True)],
-        maximize=h.maximize,
-        version=h.version,
-        with_stats=tracker is not None,
-    )
-    if tracker is not None:
-        assert stats is not None
-        tracker.add_members(stats, sum(p[0].numel() for p in params), int(max(steps)))
-
-
-_IMPLS = {"single": _single, "multi": _multi, "fused": _fused}
+_IMPLS = {"auto": _auto, "single": _single, "multi": _multi, "fused": _fused}
 
 
 def _entry(impl: str) -> Callable[..., None]:

@@ -22,6 +22,8 @@ def partial_bound_stats(eta: Tensor, exp_avg_lr: Tensor, eff: Tensor | None = No
     `eta` is η_t and `exp_avg_lr` is s_t (already updated); `eff` is min(η_t, s_t) when the
     caller has it, else it is computed here.
     """
+    if eta.numel() == 0:  # amax of nothing raises; the C kernel's maxima start at 0 too
+        return torch.zeros(5, dtype=torch.float64, device=eta.device)
     if eff is None:
         eff = torch.minimum(eta, exp_avg_lr)
     return torch.stack(
@@ -35,20 +37,64 @@ def partial_bound_stats(eta: Tensor, exp_avg_lr: Tensor, eff: Tensor | None = No
     )
 
 
+# Member statistics are summed in the data's own dtype (float64 sums of float32 data cost 15x a
+# float32 sum on CPU). A count is a float sum of a 0/1 mask, exact while every partial sum is an
+# integer the dtype represents exactly: below 2**24 elements per member for float32.
+_EXACT_COUNT = {torch.float32: 1 << 24, torch.float64: 1 << 53}
+
+
+def _member_rows(t: Tensor, members: int) -> Tensor:
+    """t as (members, elements per member): a view where the layout allows, else a copy."""
+    return t.reshape(members, t.numel() // members)  # not -1: an empty t would be ambiguous
+
+
+def member_eta_stats(eta: Tensor, exp_avg_lr: Tensor, members: int) -> list[Tensor]:
+    """[count of s < η, Σ η, max η] of each member's slice, as three (members,) tensors.
+
+    Call before η is overwritten by min(η, s); `member_eff_stats` gives the other two columns.
+    float32/float64 data are summed in their own dtype (counts stay exact, see _EXACT_COUNT).
+    """
+    eta2 = _member_rows(eta, members)
+    s2 = _member_rows(exp_avg_lr, members)
+    if eta2.shape[1] == 0:  # an empty pack: amax of nothing raises, so zeros as the C kernel
+        return [eta2.new_zeros(members)] * 3
+    limit = _EXACT_COUNT.get(eta2.dtype)
+    if limit is None:  # another dtype: float64 sums, as partial_bound_stats
+        return [
+            (s2 < eta2).sum(1, dtype=torch.float64),
+            eta2.sum(1, dtype=torch.float64),
+            eta2.amax(1),
+        ]
+    if eta2.shape[1] < limit:
+        # a float mask: comparing into the data's dtype and summing it beats a bool sum
+        count = torch.lt(s2, eta2, out=torch.empty_like(eta2)).sum(1)
+    else:
+        count = (s2 < eta2).sum(1, dtype=torch.float64)
+    return [count, eta2.sum(1), eta2.amax(1)]
+
+
+def member_eff_stats(eff: Tensor, members: int) -> list[Tensor]:
+    """[Σ eff, max eff] of each member's slice of eff = min(η, s), as two (members,) tensors."""
+    eff2 = _member_rows(eff, members)
+    if eff2.shape[1] == 0:
+        return [eff2.new_zeros(members)] * 2
+    if eff2.dtype in _EXACT_COUNT:
+        return [eff2.sum(1), eff2.amax(1)]
+    return [eff2.sum(1, dtype=torch.float64), eff2.amax(1)]
+
+
+def member_partials(columns: list[Tensor]) -> Tensor:
+    """The five columns of `member_eta_stats` + `member_eff_stats` as a (K, 5) float64 tensor."""
+    if any(c.dtype != columns[0].dtype for c in columns):
+        columns = [c.to(torch.float64) for c in columns]
+    return torch.stack(columns, dim=1).to(torch.float64)
+
+
 def member_partial_bound_stats(eta: Tensor, exp_avg_lr: Tensor, members: int) -> Tensor:
     """`partial_bound_stats` of each member's slice: a (members, 5) float64 tensor."""
-    eta = eta.reshape(members, -1)
-    exp_avg_lr = exp_avg_lr.reshape(members, -1)
     eff = torch.minimum(eta, exp_avg_lr)
-    return torch.stack(
-        [
-            (exp_avg_lr < eta).sum(1).to(torch.float64),
-            eta.sum(1, dtype=torch.float64),
-            eta.amax(1).to(torch.float64),
-            eff.sum(1, dtype=torch.float64),
-            eff.amax(1).to(torch.float64),
-        ],
-        dim=1,
+    return member_partials(
+        member_eta_stats(eta, exp_avg_lr, members) + member_eff_stats(eff, members)
     )
 
 

@@ -49,8 +49,16 @@ def friction_(diff: Tensor, version: int) -> Tensor:
     return diff.abs_().mul_(0.5).sigmoid_().mul_(9.0).sub_(4.0)
 
 
-def choose_impl(params: list[Tensor], foreach: bool | None, fused: bool | None) -> str:
-    """Pick "single", "multi" or "fused": the one place where the implementation is chosen."""
+def choose_impl(
+    params: list[Tensor], foreach: bool | None, fused: bool | None, *, member_mode: bool = False
+) -> str:
+    """Pick "single", "multi", "fused" or, in member mode, "auto": the one place where the
+    implementation is chosen.
+
+    "auto" is member mode's default where not every param is on CUDA: the member C kernel where
+    it compiles, the single-tensor member path elsewhere (adamod._member_update). A pack's step
+    is small per member and the kernel does it in one call; the scalar default stays eager.
+    """
     if foreach and fused:
         raise ValueError("Invalid foreach and fused: both True (choose at most one)")
     if fused:
@@ -60,6 +68,8 @@ def choose_impl(params: list[Tensor], foreach: bool | None, fused: bool | None) 
     if foreach is None and params and all(p.device.type == "cuda" for p in params):
         # horizontal fusion across tensors only pays on accelerators, as in torch.optim
         return "multi"
+    if member_mode and foreach is None and fused is None:
+        return "auto"
     return "single"
 
 
@@ -459,10 +469,11 @@ def bounded_update(
     """Dispatch once to an implementation; reduced-precision params are updated in float32.
 
     Hyperparameters given as 1-D tensors (one value per member of a pack) select member mode
-    (adamod._member_update), with the same three implementations.
+    (adamod._member_update), with the same three implementations and, by default on CPU, the
+    member C kernel.
     """
-    name = choose_impl(params, foreach, fused)
     member_mode = any(map(is_member_value, (lr, beta1, beta2, beta3, eps, weight_decay)))
+    name = choose_impl(params, foreach, fused, member_mode=member_mode)
     low = [i for i, p in enumerate(params) if p.dtype in REDUCED_PRECISION]
     work_params, work_grads = params, grads
     if low:

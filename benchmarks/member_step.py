@@ -3,9 +3,11 @@
 For digits-MLP-sized params (64→64→64→10, weights and biases: 8,970 elements per member) and
 each optimizer, one member-mode step over K stacked members (lr a tensor of K values) is timed
 against K scalar steps (one scalar optimizer per member), both in the same run, interleaved,
-on one thread. The ratio is member / scalar: below 1 the pack is faster.
+on one thread. The ratio is member / scalar: below 1 the pack is faster. "adamod" is the default
+member path (on CPU the member C kernel, one call per step), "adamod-torch" the pure-torch one
+(foreach=False, the default before the kernel); "-tracked" rows record bound telemetry.
 
-    python benchmarks/member_step.py                     # K = 1, 4, 16, 64; about 15 s
+    python benchmarks/member_step.py                     # K = 1, 4, 16, 64; about 10 s
     python benchmarks/member_step.py --k 8 32 --optimizers adamod adamod-fused adam
 """
 
@@ -29,25 +31,34 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from adamod import AdaMod, members
+from adamod import AdaMod, DiffMod, members
 
 # digits MLP: 64 inputs, two hidden layers of 64, 10 classes (torch.nn.Linear's weight layout)
 SHAPES = [(64, 64), (64,), (64, 64), (64,), (10, 64), (10,)]
 
 Factory = Callable[[list[Tensor], Any], torch.optim.Optimizer]
-# name -> (member-mode factory taking a (K,) lr tensor, scalar factory taking a float lr)
+
+
+def _same(cls: type[torch.optim.Optimizer], **options: Any) -> tuple[Factory, Factory]:
+    """cls with the same options on both sides (member mode gets a (K,) lr tensor)."""
+    return (lambda ps, lr: cls(ps, lr=lr, **options), lambda ps, lr: cls(ps, lr=lr, **options))
+
+
+# name -> (member-mode factory taking a (K,) lr tensor, scalar factory taking a float lr).
+# "adamod" is the default path: on CPU the member C kernel (one call per step for all members);
+# "-torch" is the pure-torch member path (foreach=False), the default before that kernel existed.
 OPTIMIZERS: dict[str, tuple[Factory, Factory]] = {
-    "adamod": (lambda ps, lr: AdaMod(ps, lr=lr), lambda ps, lr: AdaMod(ps, lr=lr)),
-    "adamod-foreach": (
-        lambda ps, lr: AdaMod(ps, lr=lr, foreach=True),
-        lambda ps, lr: AdaMod(ps, lr=lr, foreach=True),
-    ),
-    "adamod-fused": (
-        lambda ps, lr: AdaMod(ps, lr=lr, fused=True),
-        lambda ps, lr: AdaMod(ps, lr=lr, fused=True),
-    ),
+    "adamod": _same(AdaMod),
+    "adamod-tracked": _same(AdaMod, track_bounds=True),
+    "adamod-torch": _same(AdaMod, foreach=False),
+    "adamod-torch-tracked": _same(AdaMod, foreach=False, track_bounds=True),
+    "adamod-foreach": _same(AdaMod, foreach=True),
+    "adamod-fused": _same(AdaMod, fused=True),
+    "diffmod-tracked": _same(DiffMod, track_bounds=True),
+    "diffmod-torch-tracked": _same(DiffMod, foreach=False, track_bounds=True),
     "adam": (lambda ps, lr: members.Adam(ps, lr=lr), lambda ps, lr: torch.optim.Adam(ps, lr=lr)),
 }
+DEFAULT_OPTIMIZERS = ("adamod", "adamod-tracked", "adamod-torch", "adamod-torch-tracked", "adam")
 
 
 def _with_grads(shapes: Sequence[tuple[int, ...]], gen: torch.Generator) -> list[Tensor]:
@@ -96,7 +107,7 @@ def measure_one(name: str, k: int, *, repeats: int, steps: int, warmup: int) -> 
 
 def measure(
     k_values: Sequence[int] = (1, 4, 16, 64),
-    optimizers: Sequence[str] = ("adamod", "adam"),
+    optimizers: Sequence[str] = DEFAULT_OPTIMIZERS,
     *,
     repeats: int = 7,
     steps: int = 5,
@@ -121,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--k", type=int, nargs="+", default=[1, 4, 16, 64])
     parser.add_argument(
-        "--optimizers", nargs="+", default=["adamod", "adam"], choices=list(OPTIMIZERS)
+        "--optimizers", nargs="+", default=list(DEFAULT_OPTIMIZERS), choices=list(OPTIMIZERS)
     )
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--steps", type=int, default=5)
@@ -129,10 +140,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     started = time.perf_counter()
     rows = measure(args.k, args.optimizers, repeats=args.repeats, steps=args.steps)
     print(f"torch {torch.__version__}, 1 thread, median of {args.repeats} × {args.steps} steps")
-    print(f"{'optimizer':<16}{'K':>5}{'member step ms':>16}{'K scalar steps ms':>19}{'ratio':>8}")
+    print(f"{'optimizer':<24}{'K':>5}{'member step ms':>16}{'K scalar steps ms':>19}{'ratio':>8}")
     for row in rows:
         print(
-            f"{row['optimizer']:<16}{row['k']:>5}{row['member_ms']:>16.2f}"
+            f"{row['optimizer']:<24}{row['k']:>5}{row['member_ms']:>16.2f}"
             f"{row['scalar_ms']:>19.2f}{row['ratio']:>8.3f}"
         )
     print(f"({time.perf_counter() - started:.0f} s)")

@@ -21,6 +21,8 @@ from torch import Tensor
 from adamod import STAT_KEYS, AdaMod, BoundTracker, DiffMod, adamod, members
 from tests.adamod.optim_infos import PATHS
 
+# member mode's default (foreach and fused None) is a path of its own on CPU: the member C kernel
+MEMBER_PATHS = {"default": {}, **PATHS}
 K = 3
 SHAPES = [(K, 4, 5), (K,), (K, 2, 3)]
 SKIPPING = 2  # this param gets a gradient only every third step (its step count lags)
@@ -80,7 +82,7 @@ def _adamod_case(form: str, path: str) -> MemberCase:
 
     return MemberCase(
         f"AdaMod-{form}-{path}",
-        lambda ps, h, **extra: build(ps, h, **PATHS[path], **extra),
+        lambda ps, h, **extra: build(ps, h, **MEMBER_PATHS[path], **extra),
         lambda ps, h, **extra: build(ps, h, foreach=False, **extra),
         tracks_bounds=True,
     )
@@ -92,7 +94,7 @@ def _diffmod_case(version: int, path: str) -> MemberCase:
 
     return MemberCase(
         f"DiffMod-v{version}-{path}",
-        lambda ps, h, **extra: build(ps, h, **PATHS[path], **extra),
+        lambda ps, h, **extra: build(ps, h, **MEMBER_PATHS[path], **extra),
         lambda ps, h, **extra: build(ps, h, foreach=False, **extra),
         tracks_bounds=True,
     )
@@ -136,8 +138,8 @@ TORCH_CASES = [
     ),
 ]
 ADAMOD_CASES = [
-    *(_adamod_case(form, path) for form in ("code", "paper") for path in PATHS),
-    *(_diffmod_case(version, path) for version in (0, 1, 2) for path in PATHS),
+    *(_adamod_case(form, path) for form in ("code", "paper") for path in MEMBER_PATHS),
+    *(_diffmod_case(version, path) for version in (0, 1, 2) for path in MEMBER_PATHS),
 ]
 CASES = ADAMOD_CASES + TORCH_CASES
 
@@ -309,7 +311,7 @@ def test_a_nan_member_changes_no_other_member_by_a_bit(case: MemberCase) -> None
 
 
 @pytest.mark.parametrize(
-    "case", [ADAMOD_CASES[0], ADAMOD_CASES[2], *TORCH_CASES], ids=lambda c: c.name
+    "case", [ADAMOD_CASES[0], ADAMOD_CASES[1], ADAMOD_CASES[3], *TORCH_CASES], ids=lambda c: c.name
 )
 def test_assigning_a_new_lr_tensor_equals_copying_into_it(case: MemberCase) -> None:
     """group["lr"] = new tensor and group["lr"].copy_(values) give the same run."""
@@ -339,11 +341,11 @@ def test_float32_params_stay_float32_with_float64_hyperparameters(case: MemberCa
                 assert value.dtype == torch.float32, key
 
 
-@pytest.mark.parametrize("path", list(PATHS))
+@pytest.mark.parametrize("path", list(MEMBER_PATHS))
 def test_bfloat16_packs_keep_float32_state(path: str) -> None:
     """Reduced-precision packs are updated in float32 and keep float32 state, as scalars do."""
     params = [torch.nn.Parameter(torch.randn(s).to(torch.bfloat16)) for s in SHAPES]
-    opt = AdaMod(params, lr=HYPERS["lr"].clone(), beta3=HYPERS["beta3"], **PATHS[path])
+    opt = AdaMod(params, lr=HYPERS["lr"].clone(), beta3=HYPERS["beta3"], **MEMBER_PATHS[path])
     for _ in range(5):
         for p in params:
             p.grad = torch.randn(p.shape).to(torch.bfloat16)
@@ -352,7 +354,7 @@ def test_bfloat16_packs_keep_float32_state(path: str) -> None:
     assert all(opt.state[p]["exp_avg_sq"].dtype == torch.float32 for p in params)
 
 
-@pytest.mark.parametrize("path", list(PATHS))
+@pytest.mark.parametrize("path", list(MEMBER_PATHS))
 def test_functional_adamod_in_member_mode_equals_the_class(path: str) -> None:
     """adamod.adamod with tensor hyperparameters updates like AdaMod with the same values."""
     problem = Problem.make(seed=5, steps=10)
@@ -383,22 +385,24 @@ def test_functional_adamod_in_member_mode_equals_the_class(path: str) -> None:
             lr=lr,
             eps=HYPERS["eps"],
             weight_decay=HYPERS["weight_decay"],
-            **PATHS[path],
+            **MEMBER_PATHS[path],
         )
     for a, b in zip(params, fn_params, strict=True):
         assert torch.equal(a.detach(), b)
 
 
-def test_fused_members_split_over_threads_match_the_single_path() -> None:
-    """Member slices large enough to be split over two threads: same update and telemetry."""
+@pytest.mark.parametrize("path", ["default", "fused"])
+def test_kernel_members_split_over_threads_match_the_single_path(path: str) -> None:
+    """Member slices large enough to be split over two threads (a split inside a member's
+    slice): the member kernel's update and telemetry equal the single-tensor member path's."""
     torch.set_num_threads(2)  # the autouse fixture restores the count
     gen = torch.Generator().manual_seed(9)
     init = [torch.randn(2, n, generator=gen, dtype=F64) for n in (150_001, 70_000)]
     hypers = {"lr": _values(1e-2, 3e-2), "beta3": _values(0.9, 0.5), "track_bounds": True}
     runs = []
-    for path in ({"fused": True}, {"foreach": False}):
+    for options in (MEMBER_PATHS[path], {"foreach": False}):
         params = [torch.nn.Parameter(t.clone()) for t in init]
-        opt = AdaMod(params, **hypers, **path)
+        opt = AdaMod(params, **hypers, **options)
         grads = torch.Generator().manual_seed(10)
         for _ in range(3):
             for p in params:
@@ -416,6 +420,255 @@ def test_fused_members_split_over_threads_match_the_single_path() -> None:
                 rtol=1e-12,
                 atol=0,
             )
+
+
+# --- the member C kernel ----------------------------------------------------------------------
+
+
+def kernel_hypers(members: int) -> dict[str, Tensor]:
+    """Hyperparameters of `members` members, every member different in every value."""
+    spread = torch.linspace(0.0, 1.0, members, dtype=F64)
+    return {
+        "lr": 1e-3 * 30.0**spread,
+        "beta1": 0.5 + 0.4 * spread,
+        "beta2": 0.95 + 0.049 * spread,
+        "eps": 1e-8 * 1e4**spread,
+        "weight_decay": 0.1 * spread,
+        "beta3": 0.99 * spread,
+        "len_memory": 1.0 + 99.0 * spread,
+    }
+
+
+# slices of 20, 1, 6, 37 and 0 elements: none a multiple of a SIMD width, one empty
+KERNEL_SHAPES = [(4, 5), (), (2, 3), (37,), (0,)]
+KERNEL_SKIPPING = 2  # gets a gradient every other step: one kernel call, two step counts
+
+
+def _kernel_builders() -> dict[str, Callable[..., torch.optim.Optimizer]]:
+    """AdaMod (both forms, the paper one maximizing) and DiffMod (every version)."""
+
+    def adamod_(form: str, maximize: bool) -> Callable[..., torch.optim.Optimizer]:
+        return lambda ps, h, **o: AdaMod(
+            ps, **_adam_like(h), beta3=h["beta3"], form=form, maximize=maximize, **o
+        )
+
+    def diffmod_(version: int) -> Callable[..., torch.optim.Optimizer]:
+        return lambda ps, h, **o: DiffMod(
+            ps, **_adam_like(h), len_memory=h["len_memory"], version=version, **o
+        )
+
+    return {
+        "AdaMod-code": adamod_("code", False),
+        "AdaMod-paper-maximize": adamod_("paper", True),
+        **{f"DiffMod-v{v}": diffmod_(v) for v in (0, 1, 2)},
+    }
+
+
+KERNEL_BUILDERS = _kernel_builders()
+
+
+def _kernel_run(
+    build: Callable[..., torch.optim.Optimizer],
+    init: list[Tensor],
+    hypers: dict[str, Any],
+    grads: list[list[Tensor]],
+    member: int | None,
+    **options: Any,
+) -> tuple[torch.optim.Optimizer, list[torch.nn.Parameter]]:
+    """Train on init (member: that slice alone, with that member's floats); lr decays per step."""
+    params = [torch.nn.Parameter((t if member is None else t[member]).clone()) for t in init]
+    if member is None:  # the optimizer's lr tensor is rescaled in place: keep ours apart
+        hypers = {name: values.clone() for name, values in hypers.items()}
+    else:
+        hypers = {name: float(values[member]) for name, values in hypers.items()}
+    base_lr = hypers["lr"].clone() if member is None else hypers["lr"]
+    opt = build(params, hypers, **options)
+    for step, row in enumerate(grads):
+        factor = 1.0 / (1.0 + 0.1 * step)
+        if member is None:
+            opt.param_groups[0]["lr"].copy_(base_lr * factor)
+        else:
+            opt.param_groups[0]["lr"] = base_lr * factor
+        for j, (p, g) in enumerate(zip(params, row, strict=True)):
+            skipped = j == KERNEL_SKIPPING and step % 2 == 1
+            p.grad = None if skipped else (g if member is None else g[member]).clone()
+        opt.step()
+    return opt, params
+
+
+def _kernel_problem(
+    members: int, dtype: torch.dtype, steps: int
+) -> tuple[list[Tensor], list[list[Tensor]]]:
+    """Initial packs and per-step gradients of KERNEL_SHAPES (float64 draws, cast)."""
+    gen = torch.Generator().manual_seed(members)
+    shapes = [(members, *s) for s in KERNEL_SHAPES]
+    init = [torch.randn(s, generator=gen, dtype=F64).to(dtype) for s in shapes]
+    grads = [
+        [torch.randn(s, generator=gen, dtype=F64).to(dtype) for s in shapes] for _ in range(steps)
+    ]
+    return init, grads
+
+
+@pytest.mark.parametrize("track", [False, True], ids=["plain", "tracked"])
+@pytest.mark.parametrize("members_", [1, 3, 7])
+@pytest.mark.parametrize("dtype", [torch.float32, F64], ids=["f32", "f64"])
+@pytest.mark.parametrize("name", list(KERNEL_BUILDERS))
+def test_member_kernel_equals_the_scalar_fused_optimizer_bit_for_bit(
+    name: str, dtype: torch.dtype, members_: int, track: bool
+) -> None:
+    """The default member path (the kernel, one call per step) moves member k exactly as the
+    scalar fused optimizer moves param[k] alone: params and state bit for bit, and its
+    telemetry to float64 summation order."""
+    from adamod import _cpu_kernel
+
+    assert _cpu_kernel.available(), _cpu_kernel._load_error  # else this tests the torch path
+    build = KERNEL_BUILDERS[name]
+    init, grads = _kernel_problem(members_, dtype, steps=12)
+    hypers = kernel_hypers(members_)
+    opt, params = _kernel_run(build, init, hypers, grads, None, **_tracking(track))
+    series = opt.member_bound_stats() if track else None  # type: ignore[attr-defined]
+    for k in range(members_):
+        ref, ref_params = _kernel_run(build, init, hypers, grads, k, fused=True, **_tracking(track))
+        for p, q in zip(params, ref_params, strict=True):
+            assert torch.equal(p.detach()[k], q.detach())
+            for key, expected in ref.state[q].items():
+                got = opt.state[p][key]
+                assert torch.equal(got if got.dim() == 0 else got[k], expected), key
+        if series is not None:
+            expected_series = ref.bound_stats()  # type: ignore[attr-defined]
+            assert series[k]["step"] == expected_series["step"]
+            for key in STAT_KEYS:
+                torch.testing.assert_close(
+                    torch.tensor(series[k][key], dtype=F64),
+                    torch.tensor(expected_series[key], dtype=F64),
+                    rtol=1e-12,
+                    atol=0,
+                    msg=key,
+                )
+
+
+@pytest.mark.parametrize("name", list(KERNEL_BUILDERS))
+def test_member_kernel_equals_the_single_tensor_optimizer_in_float64(name: str) -> None:
+    """Against the eager scalar optimizer (other rounding of the same maths): 1e-12."""
+    build = KERNEL_BUILDERS[name]
+    init, grads = _kernel_problem(5, F64, steps=40)
+    hypers = kernel_hypers(5)
+    opt, params = _kernel_run(build, init, hypers, grads, None, track_bounds=True)
+    series = opt.member_bound_stats()  # type: ignore[attr-defined]
+    for k in range(5):
+        ref, ref_params = _kernel_run(
+            build, init, hypers, grads, k, foreach=False, track_bounds=True
+        )
+        assert_member_equals(opt, params, ref, ref_params, k)
+        expected = ref.bound_stats()  # type: ignore[attr-defined]
+        for key in STAT_KEYS:
+            torch.testing.assert_close(
+                torch.tensor(series[k][key]), torch.tensor(expected[key]), rtol=1e-12, atol=0
+            )
+
+
+def test_without_a_compiler_the_default_member_path_falls_back_silently(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    """No compiler: the default member step is the torch path's, bit for bit, and compiling
+    is tried once, not every step; fused=True still raises before anything changes."""
+    from adamod import _cpu_kernel
+
+    monkeypatch.setattr(_cpu_kernel, "_library", None)
+    monkeypatch.setattr(_cpu_kernel, "_load_error", None)
+    monkeypatch.setenv("ADAMOD_KERNEL_DIR", str(tmp_path))
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    attempts = []
+    load = _cpu_kernel.load_library
+    monkeypatch.setattr(_cpu_kernel, "load_library", lambda: attempts.append(1) or load())
+    init, grads = _kernel_problem(3, F64, steps=6)
+    runs = [
+        _kernel_run(KERNEL_BUILDERS["DiffMod-v2"], init, kernel_hypers(3), grads, None, **o)
+        for o in ({}, {"foreach": False})
+    ]
+    (default_opt, default), (single_opt, single) = runs
+    assert len(attempts) == 1 and _cpu_kernel._load_error is not None
+    for p, q in zip(default, single, strict=True):
+        assert torch.equal(p, q)
+        for key, value in default_opt.state[p].items():
+            assert torch.equal(value, single_opt.state[q][key]), key
+    fused = AdaMod([torch.nn.Parameter(torch.ones(3, 2))], lr=_values(1, 2, 3), fused=True)
+    param = fused.param_groups[0]["params"][0]
+    param.grad = torch.ones(3, 2)
+    with pytest.raises(ImportError, match="compiling the fused CPU kernel failed"):
+        fused.step()
+    assert torch.equal(param.detach(), torch.ones(3, 2)) and fused.state[param]["step"] == 0
+
+
+def test_tensors_the_kernel_cannot_update_take_the_torch_path() -> None:
+    """A non-contiguous pack next to float64, float32 and empty ones (one kernel call per
+    dtype): it takes the torch path, and every pack follows the single-tensor member path."""
+    gen = torch.Generator().manual_seed(11)
+    init = [
+        torch.randn(3, 4, 5, generator=gen, dtype=F64),
+        torch.randn(3, 5, 4, generator=gen, dtype=F64).transpose(1, 2),  # not contiguous
+        torch.randn(3, 7, generator=gen),
+        torch.randn(3, 0, generator=gen, dtype=F64),  # empty: telemetry of nothing on both paths
+    ]
+    grads = [[torch.randn(t.shape, generator=gen).to(t.dtype) for t in init] for _ in range(8)]
+    runs = []
+    for options in ({}, {"foreach": False}):
+        params = [torch.nn.Parameter(t.clone()) for t in init]
+        assert not params[1].is_contiguous()
+        opt = AdaMod(params, **_adam_like(kernel_hypers(3)), track_bounds=True, **options)
+        for row in grads:
+            for p, g in zip(params, row, strict=True):
+                p.grad = g.clone()
+            opt.step()
+        runs.append((params, opt.member_bound_stats()))
+    (default, default_stats), (single, single_stats) = runs
+    for a, b in zip(default, single, strict=True):
+        tol = 1e-12 if a.dtype == F64 else 1e-5  # float32 maths: rounding of other op orders
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+    for k in range(3):
+        for key in STAT_KEYS:
+            torch.testing.assert_close(
+                torch.tensor(default_stats[k][key]),
+                torch.tensor(single_stats[k][key]),
+                rtol=1e-5,  # float32 members: the kernel sums in float64, the torch path in float32
+                atol=0,
+            )
+
+
+@pytest.mark.parametrize("path", ["single", "multi"])
+def test_float32_member_telemetry_of_the_torch_paths_equals_the_scalar(path: str) -> None:
+    """The torch paths sum float32 telemetry in float32: the scalar's float64 sums to 1e-6."""
+    problem = Problem.make(seed=12, steps=30, dtype=torch.float32)
+    case = _adamod_case("paper", path)
+    opt, _ = train_members(case, problem, track=True)
+    series = opt.member_bound_stats()  # type: ignore[attr-defined]
+    for k in range(K):
+        ref_opt, _ = train_reference(case, problem, k, track=True)
+        expected = ref_opt.bound_stats()  # type: ignore[attr-defined]
+        assert series[k]["bound_active_frac"] == expected["bound_active_frac"]  # exact counts
+        for key in STAT_KEYS:
+            torch.testing.assert_close(
+                torch.tensor(series[k][key], dtype=F64),
+                torch.tensor(expected[key], dtype=F64),
+                rtol=1e-6,  # float32 accumulation (the scalar sums in float64)
+                atol=0,
+                msg=key,
+            )
+
+
+def test_counts_past_the_exact_float_range_are_summed_in_float64(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Above 2**24 elements per member a float32 count would round: then it is a float64 sum.
+    The limit is lowered here, so both branches must give the same telemetry."""
+    from adamod import _telemetry
+
+    problem = Problem.make(seed=13, steps=6, dtype=torch.float32)
+    case = _adamod_case("code", "single")
+    exact, _ = train_members(case, problem, track=True)
+    monkeypatch.setattr(_telemetry, "_EXACT_COUNT", {torch.float32: 2, torch.float64: 2})
+    wide, _ = train_members(case, problem, track=True)
+    assert wide.member_bound_stats() == exact.member_bound_stats()  # type: ignore[attr-defined]
 
 
 # --- validation -------------------------------------------------------------------------------
@@ -581,7 +834,13 @@ def test_functional_form_checks_members_before_any_change() -> None:
 
 # --- state_dict and deepcopy ----------------------------------------------------------------
 
-ROUND_TRIP_CASES = [_adamod_case("paper", "single"), _diffmod_case(2, "multi"), *TORCH_CASES]
+ROUND_TRIP_CASES = [
+    _adamod_case("paper", "single"),
+    _adamod_case("code", "default"),
+    _diffmod_case(2, "multi"),
+    _diffmod_case(1, "default"),
+    *TORCH_CASES,
+]
 
 
 def _continue(
@@ -658,7 +917,7 @@ def test_a_tracker_pickled_before_member_telemetry_still_records() -> None:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize(
     "case",
-    [_adamod_case("code", p) for p in PATHS] + [_diffmod_case(0, "multi"), *TORCH_CASES],
+    [_adamod_case("code", p) for p in MEMBER_PATHS] + [_diffmod_case(0, "multi"), *TORCH_CASES],
     ids=lambda c: c.name,
 )
 def test_member_mode_on_cuda_matches_cpu(case: MemberCase) -> None:
