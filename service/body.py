@@ -9,8 +9,11 @@ from typing import Any
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
-from service.errors import validation_details
+from service.errors import printable_text, validation_details
 from studies.spec import StudySpec
+
+# A body with thousands of bad strings needs only the first few named to be fixed.
+MAX_TEXT_ERRORS = 20
 
 
 def _reject_constant(name: str) -> Any:
@@ -24,15 +27,69 @@ def _finite_float(text: str) -> float:
     return value
 
 
-def parse_json(raw: bytes) -> Any:
-    """Decodes strict JSON (no NaN/Infinity, no out-of-range numbers); 422 at ``body`` otherwise."""
+def _text_problem(text: str) -> tuple[str, str] | None:
+    """Why ``text`` cannot be stored, as (error type, message); None when it can.
+
+    A JSON escape such as "\\ud800" decodes to a lone surrogate, which no UTF-8 response, log
+    line or database column can hold; PostgreSQL's text and JSONB cannot hold NUL either. Both
+    are refused on every backend, so a spec means the same wherever it is stored.
+    """
+    if "\x00" in text:
+        return "string_nul", "text must not contain NUL characters (\\u0000)"
+    if text.isascii():
+        return None
     try:
-        return json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = text[exc.start].encode("utf-8", "backslashreplace").decode("ascii")
+        return (
+            "string_unicode",
+            f"text must be valid Unicode: the lone surrogate {bad} at position {exc.start} "
+            "(an unpaired \\ud800-\\udfff escape) is not allowed",
+        )
+    return None
+
+
+def check_text(data: Any) -> list[dict[str, Any]]:
+    """FastAPI-style 422 details for every string (key or value) that cannot be stored.
+
+    Iterative, not recursive: json.loads accepts nesting close to the recursion limit.
+    """
+    errors: list[dict[str, Any]] = []
+    stack: list[tuple[tuple[str | int, ...], Any]] = [(("body",), data)]
+    while stack and len(errors) < MAX_TEXT_ERRORS:
+        loc, value = stack.pop()
+        if isinstance(value, str):
+            problem = _text_problem(value)
+            if problem is not None:
+                errors.append({"loc": loc, "msg": problem[1], "type": problem[0]})
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                problem = _text_problem(key)
+                if problem is not None:
+                    where = (*loc, printable_text(key))
+                    errors.append({"loc": where, "msg": f"key: {problem[1]}", "type": problem[0]})
+                    continue
+                stack.append(((*loc, key), item))
+        elif isinstance(value, list):
+            stack.extend(((*loc, index), item) for index, item in enumerate(value))
+    return sorted(errors, key=lambda e: [str(part) for part in e["loc"]])
+
+
+def parse_json(raw: bytes) -> Any:
+    """Decodes strict JSON (no NaN/Infinity, no out-of-range numbers, no lone surrogates or NUL
+    in any string); 422 naming the place otherwise."""
+    try:
+        data = json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, bad UTF-8, 5000-digit ints
         msg = "request body is empty" if not raw.strip() else f"invalid JSON: {exc}"[:300]
         raise RequestValidationError(
             [{"loc": ("body",), "msg": msg, "type": "json_invalid"}]
         ) from None
+    errors = check_text(data)
+    if errors:
+        raise RequestValidationError(errors)
+    return data
 
 
 def validate_spec(data: Any, *, max_trials: int) -> StudySpec:
@@ -42,3 +99,8 @@ def validate_spec(data: Any, *, max_trials: int) -> StudySpec:
     except ValidationError as exc:
         raise RequestValidationError(validation_details(exc.errors(), prefix=("body",))) from None
     return spec
+
+
+def parse_spec(raw: bytes, *, max_trials: int) -> StudySpec:
+    """parse_json then validate_spec: CPU work on up to max_body_bytes, run off the event loop."""
+    return validate_spec(parse_json(raw), max_trials=max_trials)

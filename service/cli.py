@@ -297,8 +297,17 @@ def _up(args: argparse.Namespace) -> int:
         raise SystemExit("adamod-lab up: --workers must be >= 0")
     if args.pack_size is not None:
         _check_pack_size(args.pack_size)
-    database_url = args.database_url or os.environ.get("ADAMOD_LAB_DATABASE_URL")
-    if not database_url:
+    database_url = args.database_url
+    if database_url is None:
+        database_url = os.environ.get("ADAMOD_LAB_DATABASE_URL")
+    # Set but empty is a mistake, not a request for the default: a SQLite file would appear in
+    # the data directory and studies would go there instead of the intended database.
+    if database_url is not None and not database_url.strip():
+        raise SystemExit(
+            "adamod-lab up: the database URL is empty (--database-url or "
+            "ADAMOD_LAB_DATABASE_URL); give a URL or leave both unset for the SQLite default"
+        )
+    if database_url is None:
         data_dir = Path(args.data_dir).resolve()
         data_dir.mkdir(parents=True, exist_ok=True)
         database_url = f"sqlite:///{data_dir / 'adamod_lab.db'}"
@@ -308,7 +317,14 @@ def _up(args: argparse.Namespace) -> int:
     def on_signal(signum: int, frame: object) -> None:
         raise _Stop(signal.Signals(signum).name)
 
-    from service.processes import server_command, spawn, stop, wait_healthy, worker_command
+    from service.processes import (
+        RestartBackoff,
+        server_command,
+        spawn,
+        stop,
+        wait_healthy,
+        worker_command,
+    )
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     server: Any = None
@@ -323,24 +339,43 @@ def _up(args: argparse.Namespace) -> int:
         worker_env = dict(env)
         if args.workers and "OMP_NUM_THREADS" not in env:
             worker_env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.workers))
-        for _ in range(args.workers):
-            workers.append(spawn(
+
+        def start_worker() -> Any:
+            return spawn(
                 worker_command(database_url, args.device, pack_size=args.pack_size), worker_env
-            ))
+            )
+
+        workers.extend(start_worker() for _ in range(args.workers))
+        started = [time.monotonic()] * len(workers)
+        backoffs = [RestartBackoff() for _ in workers]
+        restart_at: list[float | None] = [None] * len(workers)
         print(f"AdaMod Lab is up: API {url} (docs {url}/docs), {args.workers} workers, "
               f"database {database_url}. Ctrl-C stops everything.", flush=True)
-        reported_dead: set[int] = set()
         while True:
             time.sleep(0.5)
             if server.poll() is not None:
                 print(f"adamod-lab up: the API exited ({server.returncode})", file=sys.stderr)
                 code = 1
                 break
-            for worker in workers:
-                if worker.poll() is not None and worker.pid not in reported_dead:
-                    reported_dead.add(worker.pid)
-                    print(f"adamod-lab up: worker {worker.pid} exited ({worker.returncode})",
-                          file=sys.stderr)
+            # A worker that exits while nobody asked it to stop (crash, OOM killer, SIGKILL)
+            # comes back after a backoff, so `up` keeps its workers; its trial's lease expires
+            # and another worker's sweep queues it again.
+            now = time.monotonic()
+            for slot, worker in enumerate(workers):
+                if restart_at[slot] is None and worker.poll() is not None:
+                    lived = now - started[slot]
+                    delay = backoffs[slot].delay_after(lived)
+                    restart_at[slot] = now + delay
+                    print(f"adamod-lab up: worker {slot} (pid {worker.pid}) exited with code "
+                          f"{worker.returncode} after {lived:.0f} s; restarting it in "
+                          f"{delay:.0f} s", file=sys.stderr, flush=True)
+                due = restart_at[slot]
+                if due is not None and now >= due:
+                    workers[slot] = start_worker()
+                    started[slot] = time.monotonic()
+                    restart_at[slot] = None
+                    print(f"adamod-lab up: worker {slot} restarted as pid {workers[slot].pid}",
+                          file=sys.stderr, flush=True)
     except _Stop as reason:
         print(f"adamod-lab up: {reason}, stopping workers and API", file=sys.stderr, flush=True)
     finally:

@@ -112,3 +112,31 @@ def running_server(
         stop([process], grace=10)
         if log_path:
             log.close()  # type: ignore[union-attr]
+
+
+class RestartBackoff:
+    """When to restart a process that died: exponential backoff, forgiven after a healthy run.
+
+    A worker that crashes at start-up (bad URL, broken device) must not be restarted in a tight
+    loop, yet one that ran fine for a while and then died (OOM killer, SIGKILL) should come back
+    at once: the delay starts at ``first_s``, doubles up to ``max_s`` for each quick death, and
+    falls back to ``first_s`` once a process lived ``reset_after_s``.
+    """
+
+    def __init__(
+        self, first_s: float = 1.0, max_s: float = 30.0, reset_after_s: float = 60.0
+    ) -> None:
+        if not 0 < first_s <= max_s:
+            raise ValueError(f"RestartBackoff: need 0 < first_s <= max_s, got {first_s}, {max_s}")
+        self.first_s = first_s
+        self.max_s = max_s
+        self.reset_after_s = reset_after_s
+        self._next_s = first_s
+
+    def delay_after(self, lived_s: float) -> float:
+        """The wait before restarting a process that died after ``lived_s`` seconds."""
+        if lived_s >= self.reset_after_s:
+            self._next_s = self.first_s
+        delay = self._next_s
+        self._next_s = min(self.max_s, self._next_s * 2)
+        return delay

@@ -45,9 +45,20 @@ class Settings(BaseSettings):
     @field_validator("api_tokens", mode="before")
     @classmethod
     def _split_tokens(cls, value: object) -> object:
-        # A comma-separated string in the environment; blanks around commas are ignored.
+        # A comma-separated string in the environment; blanks around commas are ignored. An
+        # empty string means no tokens (auth off), as an unset variable does; a value that is
+        # only blanks and commas is a mistake (a template left unfilled), and switching auth off
+        # because of it would open every mutating route, so it is refused.
         if isinstance(value, str):
-            return [token.strip() for token in value.split(",") if token.strip()]
+            if value == "":
+                return []
+            tokens = [token.strip() for token in value.split(",") if token.strip()]
+            if not tokens:
+                raise ValueError(
+                    "holds only blanks and commas: give at least one token, or leave the "
+                    "variable unset or empty to run without authentication"
+                )
+            return tokens
         return value
 
     @field_validator("database_url")

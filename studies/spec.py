@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -79,6 +80,28 @@ ScheduleName = Literal["constant", "cosine"]
 FiniteFloat = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 PositiveFloat = Annotated[float, Field(strict=True, gt=0, allow_inf_nan=False)]
 Count = Annotated[int, Field(strict=True, ge=1)]
+# The optimizers hold hyperparameters next to float32 parameters: a value beyond float32's range
+# becomes inf there, and a positive one below its smallest subnormal becomes 0 (no step at all).
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _float32_representable(value: float, *, positive: bool) -> float:
+    """``value`` if float32 can hold it (and, when ``positive``, not as 0); ValueError otherwise."""
+    if abs(value) > FLOAT32_MAX:
+        raise ValueError(f"{value:g} is beyond float32's range (at most {FLOAT32_MAX:.4g})")
+    if positive and value > 0 and np.float32(value) == 0:
+        raise ValueError(f"{value:g} underflows to 0 in float32 (the optimizer would not move)")
+    return value
+
+
+Float32Positive = Annotated[
+    PositiveFloat, AfterValidator(functools.partial(_float32_representable, positive=True))
+]
+Float32NonNegative = Annotated[
+    float,
+    Field(strict=True, ge=0, allow_inf_nan=False),
+    AfterValidator(functools.partial(_float32_representable, positive=False)),
+]
 Beta = Annotated[float, Field(strict=True, ge=0, lt=1, allow_inf_nan=False)]
 
 
@@ -156,15 +179,15 @@ class LrGrid(BaseModel):
         extra="forbid", validate_by_name=True, validate_by_alias=True, serialize_by_alias=True
     )
 
-    min: PositiveFloat | None = Field(default=None, description="smallest lr (> 0)")
-    max: PositiveFloat | None = Field(default=None, description="largest lr (>= min)")
+    min: Float32Positive | None = Field(default=None, description="smallest lr (> 0)")
+    max: Float32Positive | None = Field(default=None, description="largest lr (>= min)")
     points: Annotated[int, Field(strict=True, ge=1, le=10_000)] | None = Field(
         default=None, description="number of log-spaced points, both ends included"
     )
     # Stored as `explicit` so that `values()` can be the method DESIGN.md names; it reads and
     # writes as "values" everywhere (JSON, YAML, model_dump).
     explicit: (
-        Annotated[list[PositiveFloat], Field(min_length=1, max_length=MAX_LR_VALUES)] | None
+        Annotated[list[Float32Positive], Field(min_length=1, max_length=MAX_LR_VALUES)] | None
     ) = Field(
         default=None, alias="values", description="explicit learning rates (instead of a range)"
     )
@@ -184,6 +207,19 @@ class LrGrid(BaseModel):
             missing = [k for k in ("min", "max", "points") if k not in ranged]
             raise ValueError(f"lr needs 'min', 'max' and 'points' (missing {missing}), or 'values'")
         return data
+
+    @model_validator(mode="after")
+    def _points_distinct(self) -> LrGrid:
+        # min and max a few ulps apart log-space to equal floats: the same trials twice.
+        if self.explicit is None and (self.points or 0) > 1:
+            values = self.values()
+            distinct = len(set(values))
+            if distinct != len(values):
+                raise ValueError(
+                    f"{self.points} log-spaced points between {self.min!r} and {self.max!r} give "
+                    f"only {distinct} distinct float values; widen the range or use fewer points"
+                )
+        return self
 
     @field_validator("max")
     @classmethod
@@ -275,8 +311,8 @@ class StudySpec(BaseModel):
     )
     budget: Budget | None = Field(default=None, description="workload default when omitted")
     betas: tuple[Beta, Beta] = (0.9, 0.999)
-    eps: PositiveFloat = 1e-8
-    weight_decay: Annotated[float, Field(strict=True, ge=0, allow_inf_nan=False)] = 0.0
+    eps: Float32Positive = 1e-8
+    weight_decay: Float32NonNegative = 0.0
     target_loss: FiniteFloat | None = Field(
         default=None,
         description=(

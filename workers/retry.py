@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-__all__ = ["RetryGaveUp", "is_transient", "with_retries"]
+__all__ = ["TRANSIENT_SQLSTATES", "RetryGaveUp", "is_transient", "with_retries"]
 
 T = TypeVar("T")
 log = logging.getLogger("workers")
@@ -19,11 +19,25 @@ class RetryGaveUp(Exception):
     """The database stayed unreachable for longer than the retry budget."""
 
 
+# PostgreSQL errors that the same call, run again, normally gets past: lock_timeout expired
+# (another session, perhaps a frozen worker, holds the row), deadlock victim, serialization failure.
+TRANSIENT_SQLSTATES = frozenset({"55P03", "40P01", "40001"})
+
+
+def _sqlstate(exc: BaseException) -> str | None:
+    """The SQLSTATE of a database error wrapped by SQLAlchemy (psycopg: `.sqlstate`)."""
+    original = getattr(exc, "orig", None)
+    state = getattr(original, "sqlstate", None) or getattr(original, "pgcode", None)
+    return state if isinstance(state, str) else None
+
+
 def is_transient(exc: BaseException) -> bool:
     """True for errors that a reconnect can fix: lost connections, locks, server restarts."""
     from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, TimeoutError
 
     if isinstance(exc, OperationalError | InterfaceError | TimeoutError):
+        return True
+    if isinstance(exc, DBAPIError) and _sqlstate(exc) in TRANSIENT_SQLSTATES:
         return True
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return True

@@ -7,8 +7,10 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from sqlalchemy.exc import IntegrityError
 
-from service.body import parse_json, validate_spec
+from service.body import parse_spec
 from service.deps import MAX_ID, CallerDep, DbDep, ReaderDep, SettingsDep, StudyId
 from service.errors import json_safe
 from service.schemas import STUDY_SPEC_EXAMPLES, StudyOut, StudyStatus, TrialOut
@@ -62,6 +64,7 @@ IdempotencyKey = Annotated[
         401: _ERRORS[401],
         409: {"description": "Idempotency-Key already used with a different body."},
         413: {"description": "Request body too large."},
+        503: {"description": "SQLite database locked by another writer; see Retry-After."},
     },
     summary="Submit a study",
 )
@@ -78,7 +81,10 @@ async def submit_study(
     A repeated request with the same `Idempotency-Key` and the same body answers 201 with the
     study created the first time (nothing new is queued); the same key with another body is 409.
     """
-    spec = validate_spec(parse_json(await request.body()), max_trials=settings.max_trials)
+    # Decoding and validating up to max_body_bytes is CPU work: off the event loop, so that one
+    # large body does not stall every other request.
+    raw = await request.body()
+    spec = await run_in_threadpool(parse_spec, raw, max_trials=settings.max_trials)
     try:
         view = await run_in_threadpool(create_study, db, spec, idempotency_key=idempotency_key)
     except IdempotencyConflict:
@@ -86,9 +92,34 @@ async def submit_study(
             status_code=409,
             detail="Idempotency-Key was already used with a different study spec",
         ) from None
+    except IntegrityError as exc:
+        raise _constraint_error(exc, idempotency_key) from None
     out = study_out(view)
     response.headers["Location"] = out.links.self
     return out
+
+
+def _constraint_error(exc: IntegrityError, idempotency_key: str | None) -> Exception:
+    """A 4xx for a unique constraint the spec ran into; the transaction was rolled back whole.
+
+    Validation refuses every grid it knows to repeat a trial, so this is the safety net for one
+    it does not: a client's request, never a 500.
+    """
+    message = str(exc.orig).lower()
+    if idempotency_key is not None and "idempotency" in message:
+        return HTTPException(
+            status_code=409, detail="Idempotency-Key is being used by a concurrent request"
+        )
+    return RequestValidationError(
+        [
+            {
+                "loc": ("body",),
+                "msg": "the study's grid names the same trial twice (two grid points are equal "
+                "once stored); make the lr, beta3 and warmup values distinct",
+                "type": "duplicate_trial",
+            }
+        ]
+    )
 
 
 @router.get("", response_model=list[StudyOut], summary="List studies, newest first")

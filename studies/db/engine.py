@@ -20,6 +20,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 __all__ = [
     "DEFAULT_DATABASE_URL",
+    "DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT_S",
+    "DEFAULT_LOCK_TIMEOUT_S",
+    "DEFAULT_STATEMENT_TIMEOUT_S",
     "ENV_DATABASE_URL",
     "VERSION_TABLE",
     "Database",
@@ -32,6 +35,13 @@ DEFAULT_DATABASE_URL = "sqlite:///./adamod_lab.db"
 # Optuna's RDBStorage keeps its own "alembic_version" table in the same database.
 VERSION_TABLE = "adamod_lab_alembic_version"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+# PostgreSQL session limits, so that one stuck process cannot stall the others: a lock wait ends
+# after LOCK_TIMEOUT_S (and is retried), a runaway statement after STATEMENT_TIMEOUT_S, and a
+# process frozen inside a transaction (SIGSTOP, a hung thread) loses it, and its row locks, after
+# IDLE_IN_TRANSACTION_TIMEOUT_S.
+DEFAULT_LOCK_TIMEOUT_S = 5.0
+DEFAULT_STATEMENT_TIMEOUT_S = 60.0
+DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT_S = 60.0
 # Any constant works; it only has to be the same for every process migrating the same database.
 _MIGRATION_LOCK_KEY = 0x4144414D4F44
 
@@ -61,6 +71,36 @@ def normalize_database_url(url: str) -> str:
     return url
 
 
+_SESSION_TIMEOUTS = ("lock_timeout", "statement_timeout", "idle_in_transaction_session_timeout")
+
+
+def _milliseconds(name: str, seconds: float | None) -> int:
+    """A timeout in whole milliseconds for a PostgreSQL setting; None or 0 means no limit (0)."""
+    if seconds is None:
+        return 0
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not seconds >= 0:
+        raise ValueError(f"{name}: must be a number of seconds >= 0 or None, got {seconds!r}")
+    if not math.isfinite(seconds):
+        return 0
+    return max(1, round(seconds * 1000)) if seconds > 0 else 0
+
+
+def postgres_session_options(
+    lock_timeout_s: float | None,
+    statement_timeout_s: float | None,
+    idle_in_transaction_timeout_s: float | None,
+) -> str:
+    """The libpq `options` string that sets the session timeouts on every new connection."""
+    settings = {
+        "lock_timeout": _milliseconds("lock_timeout_s", lock_timeout_s),
+        "statement_timeout": _milliseconds("statement_timeout_s", statement_timeout_s),
+        "idle_in_transaction_session_timeout": _milliseconds(
+            "idle_in_transaction_timeout_s", idle_in_transaction_timeout_s
+        ),
+    }
+    return " ".join(f"-c {name}={value}" for name, value in settings.items())
+
+
 def _json_default(value: Any) -> Any:
     raise TypeError(f"not JSON serializable: {type(value).__name__}")
 
@@ -81,9 +121,22 @@ def finite_or_none(value: float | None) -> float | None:
 class Database:
     """One database (SQLite file or PostgreSQL) with its engine, sessions and migrations."""
 
-    def __init__(self, url: str, *, pre_ping: bool = True) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        pre_ping: bool = True,
+        lock_timeout_s: float | None = DEFAULT_LOCK_TIMEOUT_S,
+        statement_timeout_s: float | None = DEFAULT_STATEMENT_TIMEOUT_S,
+        idle_in_transaction_timeout_s: float | None = DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT_S,
+    ) -> None:
         """`pre_ping`: test pooled PostgreSQL connections before use (a round trip per session);
-        callers that retry disconnects themselves, like workers, turn it off."""
+        callers that retry disconnects themselves, like workers, turn it off.
+
+        The three timeouts (seconds; None or 0: no limit) apply to every PostgreSQL connection,
+        so that a process frozen while holding a row lock cannot stall the others for long.
+        SQLite ignores them (its busy timeout plays the part of the lock timeout).
+        """
         self.url = normalize_database_url(url)
         backend = make_url(self.url).get_backend_name()
         self.is_sqlite = backend == "sqlite"
@@ -105,7 +158,12 @@ class Database:
                 pool_pre_ping=pre_ping,
                 pool_size=5,
                 max_overflow=5,
-                connect_args={"connect_timeout": 10},
+                connect_args={
+                    "connect_timeout": 10,
+                    "options": postgres_session_options(
+                        lock_timeout_s, statement_timeout_s, idle_in_transaction_timeout_s
+                    ),
+                },
             )
         # Writers on SQLite take the write lock when the transaction begins; reading first and
         # upgrading later can fail at once with SQLITE_BUSY instead of waiting.
@@ -152,6 +210,10 @@ class Database:
             return  # the common case for every worker after the first: no locks, no DDL
         with self._writer_bind.connect() as connection:
             if self.is_postgres:
+                # DDL may wait for locks and run long, and the advisory lock waits for another
+                # process's whole migration: no session limits on this connection until done.
+                for setting in _SESSION_TIMEOUTS:
+                    connection.execute(text(f"SET {setting} = 0"))
                 connection.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _MIGRATION_LOCK_KEY})
                 connection.commit()
             try:
@@ -167,6 +229,8 @@ class Database:
                     connection.execute(
                         text("SELECT pg_advisory_unlock(:k)"), {"k": _MIGRATION_LOCK_KEY}
                     )
+                    # Back to the limits this connection was opened with, before it is pooled.
+                    connection.execute(text("RESET ALL"))
                     connection.commit()
 
     def schema_is_current(self) -> bool:

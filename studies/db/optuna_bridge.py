@@ -17,11 +17,22 @@ lock is needed. Each write costs a statement or two instead of RDBStorage's many
 database's Optuna schema is not the installed Optuna's head revision, we fall back to
 create_new_trial at completion (separate transaction; no live view), and `sync_optuna` repairs
 anything a crash left behind.
+
+The mirror never takes a worker down (a person may delete it, e.g. in optuna-dashboard): every
+write checks, in its own transaction, that the Optuna study and trial it writes to still exist
+(PostgreSQL: locking them FOR KEY SHARE, so a concurrent delete waits for our commit instead of
+failing our insert), and skips what vanished; the study's rows are then marked for sync_optuna,
+which recreates the study (same name and attributes) and mirrors every finished trial again.
+Each vanished study or trial is logged once. The study is marked read-only for Optuna clients
+(user attribute "adamod_lab"); a trial an Optuna client adds anyway with study.ask() gets a
+number count-based by Optuna, so the insert of grid trial k first moves any other trial numbered
+k past the grid (number >= n_trials): grid trial k is always Optuna trial number k.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import threading
@@ -39,6 +50,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "OPTUNA_TRIAL_ID_ATTR",
+    "READ_ONLY_ATTR",
     "FinishedTrial",
     "StudyHandle",
     "capped_value",
@@ -55,13 +67,20 @@ __all__ = [
     "record_trial",
     "restart_trial",
     "set_trials_waiting",
+    "start_running_trial",
+    "study_alive",
     "study_handle",
     "sync_optuna",
     "write_intermediate",
 ]
 
 OPTUNA_TRIAL_ID_ATTR = "adamod_lab_trial_id"
+# The study user attribute that tells Optuna clients (dashboard, scripts) the study is ours.
+READ_ONLY_ATTR = "adamod_lab"
+log = logging.getLogger("studies.db.optuna")
 _lock = threading.Lock()
+# What was already logged as vanished: (url, "study"|"trial", id); each is logged once.
+_reported: set[tuple[str, str, int]] = set()
 _storages: dict[tuple[str, int], Any] = {}
 _handles: dict[tuple[str, int], StudyHandle] = {}
 _direct: dict[str, bool] = {}
@@ -69,10 +88,14 @@ _direct: dict[str, bool] = {}
 
 @dataclass(frozen=True)
 class StudyHandle:
-    """What writing into one Optuna study needs: its id and the grid's distributions."""
+    """What writing into one Optuna study needs: its id and the grid's distributions; our study
+    id, its size and the database URL, to forget the handle and renumber foreign trials."""
 
     optuna_study_id: int
     distributions: dict[str, Any]
+    study_id: int = 0
+    n_trials: int = 0
+    url: str = ""
 
 
 @dataclass
@@ -196,8 +219,25 @@ def distributions_for_spec(spec: dict[str, Any]) -> dict[str, Any]:
     return distributions
 
 
-def create_optuna_study(url: str, study_id: int, spec: dict[str, Any]) -> StudyHandle:
-    """Creates (or finds) the Optuna study mirroring ours (its own short transactions)."""
+def _read_only_attr(study_id: int) -> dict[str, Any]:
+    return {"read_only": True, "managed_by": "adamod-lab", "study_id": study_id}
+
+
+def _n_trials(storage: Any, study_id: int) -> int:
+    # Our table is in the same database: read the grid size through Optuna's own engine.
+    from sqlalchemy import select
+
+    from studies.db.models import StudyRow
+
+    with storage.engine.connect() as connection:
+        n = connection.execute(
+            select(StudyRow.n_trials).where(StudyRow.id == study_id)
+        ).scalar_one_or_none()
+    return int(n or 0)
+
+
+def _create_or_find(url: str, study_id: int, spec: dict[str, Any]) -> tuple[int, bool]:
+    """The Optuna study's id, and whether this call created it."""
     import optuna
     from optuna.exceptions import DuplicatedStudyError
 
@@ -207,39 +247,167 @@ def create_optuna_study(url: str, study_id: int, spec: dict[str, Any]) -> StudyH
         optuna_id = storage.create_new_study(
             directions=[optuna.study.StudyDirection.MINIMIZE], study_name=name
         )
-        storage.set_study_user_attr(optuna_id, "adamod_lab_study_id", study_id)
-        storage.set_study_user_attr(optuna_id, "workload", spec.get("workload"))
-        storage.set_study_user_attr(optuna_id, "value", "capped validation loss min(loss, loss0)")
     except DuplicatedStudyError:
-        optuna_id = storage.get_study_id_from_name(name)
-    handle = StudyHandle(optuna_id, distributions_for_spec(spec))
+        return storage.get_study_id_from_name(name), False
+    storage.set_study_user_attr(optuna_id, "adamod_lab_study_id", study_id)
+    storage.set_study_user_attr(optuna_id, "workload", spec.get("workload"))
+    storage.set_study_user_attr(optuna_id, "value", "capped validation loss min(loss, loss0)")
+    # Optuna has no read-only flag: this tells clients (and people) that writes are ours.
+    storage.set_study_user_attr(optuna_id, READ_ONLY_ATTR, _read_only_attr(study_id))
+    return optuna_id, True
+
+
+def create_optuna_study(
+    url: str, study_id: int, spec: dict[str, Any], *, n_trials: int | None = None
+) -> StudyHandle:
+    """Creates (or finds) the Optuna study mirroring ours (its own short transactions)."""
+    optuna_id, _ = _create_or_find(url, study_id, spec)
+    if n_trials is None:
+        n_trials = _n_trials(get_storage(url), study_id)
+    handle = StudyHandle(optuna_id, distributions_for_spec(spec), study_id, n_trials, url)
     with _lock:
         _handles[(url, study_id)] = handle
     return handle
 
 
-def study_handle(db: Database, study_id: int) -> StudyHandle:
-    """The cached handle of our study's Optuna study, created if missing (heals a crash at
-    submit time). Call it outside a write transaction: on SQLite it may need to write."""
+def _report_once(url: str, kind: str, ident: int, message: str, *args: Any) -> None:
     with _lock:
-        cached = _handles.get((db.url, study_id))
-    if cached is not None:
-        return cached
+        if (url, kind, ident) in _reported:
+            return
+        if len(_reported) > 10_000:  # a long-lived process: keep the memory bounded
+            _reported.clear()
+        _reported.add((url, kind, ident))
+    log.warning(message, *args)
+
+
+def _forget(url: str, study_id: int, optuna_study_id: int) -> None:
+    with _lock:
+        cached = _handles.get((url, study_id))
+        if cached is not None and cached.optuna_study_id == optuna_study_id:
+            del _handles[(url, study_id)]
+
+
+def study_alive(session: Session, handle: StudyHandle) -> bool:
+    """True when the handle's Optuna study still exists (someone may have deleted it), checked
+    in the caller's transaction; on PostgreSQL its row is then locked FOR KEY SHARE, so that a
+    concurrent delete waits for our commit instead of failing our writes."""
+    from optuna.storages._rdb import models
     from sqlalchemy import select
 
-    from studies.db.models import StudyRow
+    studies = models.StudyModel.__table__
+    found = session.execute(
+        select(studies.c.study_id)
+        .where(studies.c.study_id == handle.optuna_study_id)
+        .with_for_update(read=True, key_share=True)
+    ).scalar_one_or_none()
+    if found is not None:
+        return True
+    _study_missing(session, handle)
+    return False
+
+
+def _study_missing(session: Session, handle: StudyHandle) -> None:
+    """The handle's Optuna study vanished: forget the handle and, unless another process has
+    recreated it already (and marked them), mark the study's trials for sync_optuna, which
+    recreates the study and mirrors them all again."""
+    from optuna.storages._rdb import models
+    from sqlalchemy import select, update
+
+    from studies.db.models import TrialRow
+
+    _forget(handle.url, handle.study_id, handle.optuna_study_id)
+    studies = models.StudyModel.__table__
+    recreated = session.execute(
+        select(studies.c.study_id).where(studies.c.study_name == optuna_study_name(handle.study_id))
+    ).scalar_one_or_none()
+    if recreated is not None:
+        return  # only this process's handle was stale
+    _report_once(
+        handle.url,
+        "study",
+        handle.optuna_study_id,
+        "Optuna study %s (id %d) is gone (deleted?): its writes are skipped until it is "
+        "recreated; sync_optuna mirrors every finished trial again",
+        optuna_study_name(handle.study_id),
+        handle.optuna_study_id,
+    )
+    session.execute(
+        update(TrialRow)
+        .where(TrialRow.study_id == handle.study_id, TrialRow.optuna_final.is_(True))
+        .values(optuna_final=False),
+        execution_options={"synchronize_session": False},
+    )
+
+
+def _trial_missing(url: str, optuna_trial_id: int) -> None:
+    _report_once(
+        url,
+        "trial",
+        optuna_trial_id,
+        "Optuna trial %d is gone (deleted?): skipping its writes; its trial is mirrored "
+        "again at completion or by sync_optuna",
+        optuna_trial_id,
+    )
+
+
+def study_handle(db: Database, study_id: int, *, validate: bool = False) -> StudyHandle:
+    """The cached handle of our study's Optuna study, created if missing (heals a crash at
+    submit time, or a deleted mirror). `validate`: check (and recreate) it even when cached.
+    Call it outside a write transaction: on SQLite it may need to write."""
+    if not validate:
+        with _lock:
+            cached = _handles.get((db.url, study_id))
+        if cached is not None:
+            return cached
+    from sqlalchemy import select, update
+
+    from studies.db.models import StudyRow, TrialRow
 
     with db.session(readonly=True) as session:
-        spec = session.execute(select(StudyRow.spec).where(StudyRow.id == study_id)).scalar_one()
-    return create_optuna_study(db.url, study_id, spec)
+        spec, n_trials = session.execute(
+            select(StudyRow.spec, StudyRow.n_trials).where(StudyRow.id == study_id)
+        ).one()
+        mirrored = session.execute(
+            select(TrialRow.id)
+            .where(TrialRow.study_id == study_id, TrialRow.optuna_trial_id.is_not(None))
+            .limit(1)
+        ).scalar_one_or_none()
+    optuna_id, created = _create_or_find(db.url, study_id, spec)
+    if created and mirrored is not None:
+        # Recreated after a deletion: its Optuna trials went with it; sync_optuna writes them.
+        with _lock:  # SQLite may reuse the ids: a later deletion is news again
+            _reported.difference_update(
+                {key for key in _reported if key[0] == db.url and key[2] == optuna_id}
+                | {key for key in _reported if key[0] == db.url and key[1] == "trial"}
+            )
+        _report_once(
+            db.url,
+            "recreated",
+            optuna_id,
+            "Optuna study %s recreated (id %d): finished trials are mirrored again by sync_optuna",
+            optuna_study_name(study_id),
+            optuna_id,
+        )
+        with db.session() as session:
+            session.execute(
+                update(TrialRow)
+                .where(TrialRow.study_id == study_id, TrialRow.optuna_final.is_(True))
+                .values(optuna_final=False),
+                execution_options={"synchronize_session": False},
+            )
+    handle = StudyHandle(optuna_id, distributions_for_spec(spec), study_id, int(n_trials), db.url)
+    with _lock:
+        _handles[(db.url, study_id)] = handle
+    return handle
 
 
 def handle_in_session(session: Session, url: str, study_id: int) -> StudyHandle | None:
-    """The study's handle read through the caller's (write) transaction; None when its Optuna
-    study does not exist yet (the caller then leaves the Optuna trial to completion)."""
+    """The study's handle read through the caller's (write) transaction, its Optuna study
+    checked to exist; None when it does not (yet, or any more: the caller then leaves the Optuna
+    trial to completion, which recreates the study)."""
     with _lock:
         cached = _handles.get((url, study_id))
-    if cached is not None:
+    if cached is not None and study_alive(session, cached):
         return cached
     from optuna.storages._rdb import models
     from sqlalchemy import select
@@ -254,8 +422,12 @@ def handle_in_session(session: Session, url: str, study_id: int) -> StudyHandle 
     ).scalar_one_or_none()
     if optuna_id is None:
         return None
-    spec = session.execute(select(StudyRow.spec).where(StudyRow.id == study_id)).scalar_one()
-    handle = StudyHandle(int(optuna_id), distributions_for_spec(spec))
+    spec, n_trials = session.execute(
+        select(StudyRow.spec, StudyRow.n_trials).where(StudyRow.id == study_id)
+    ).one()
+    handle = StudyHandle(int(optuna_id), distributions_for_spec(spec), study_id, int(n_trials), url)
+    if not study_alive(session, handle):  # takes the lock
+        return None
     with _lock:
         _handles[(url, study_id)] = handle
     return handle
@@ -291,6 +463,7 @@ def _insert_trial_row(
     # The Optuna trial number is our grid number: unique within the study by our own constraint,
     # so no study-wide lock and count is needed (Optuna's create_new_trial takes both, which
     # serializes every new trial of a study).
+    _move_foreign_trials(session, handle, number)
     optuna_trial_id = session.execute(
         insert(trials)
         .values(
@@ -317,6 +490,39 @@ def _insert_trial_row(
     return int(optuna_trial_id)
 
 
+def _move_foreign_trials(session: Session, handle: StudyHandle, number: int) -> None:
+    """Moves any trial already numbered `number` in the study past the grid.
+
+    Only a trial an Optuna client added (study.ask(), despite the read-only attribute) can hold
+    a grid number before grid trial `number` is inserted: Optuna numbers it by counting the
+    study's trials, which our out-of-order grid numbers do not fill in order. Moving it to
+    max(n_trials, highest number + 1) keeps grid trial k Optuna's trial number k, and it out of
+    the way of every later grid trial. Normally one indexed SELECT that finds nothing.
+    """
+    from optuna.storages._rdb import models
+    from sqlalchemy import func, select, update
+
+    trials = models.TrialModel.__table__
+    in_study = trials.c.study_id == handle.optuna_study_id
+    taken = list(
+        session.execute(
+            select(trials.c.trial_id).where(in_study, trials.c.number == number)
+        ).scalars()
+    )
+    for trial_id in taken:
+        highest = session.execute(select(func.max(trials.c.number)).where(in_study)).scalar()
+        moved_to = max(handle.n_trials, int(highest if highest is not None else -1) + 1)
+        session.execute(update(trials).where(trials.c.trial_id == trial_id).values(number=moved_to))
+        log.warning(
+            "Optuna study %s: trial %d (added by an Optuna client) held grid number %d; "
+            "renumbered %d (the study is read-only for Optuna clients)",
+            optuna_study_name(handle.study_id),
+            trial_id,
+            number,
+            moved_to,
+        )
+
+
 def insert_running_trial(
     session: Session, handle: StudyHandle, number: int, params: dict[str, Any]
 ) -> int:
@@ -327,20 +533,54 @@ def insert_running_trial(
     return _insert_trial_row(session, handle, number, params, TrialState.RUNNING, None, None)
 
 
-def restart_trial(session: Session, optuna_trial_id: int) -> None:
+def restart_trial(
+    session: Session,
+    optuna_trial_id: int,
+    *,
+    handle: StudyHandle | None = None,
+    number: int | None = None,
+) -> bool:
     """Makes an existing Optuna trial RUNNING again for a re-run: new datetime_start, and the
-    previous attempt's intermediate values cleared (the re-run reports its own)."""
+    previous attempt's intermediate values cleared (the re-run reports its own). With `handle`
+    and `number`, only if it is still that study's trial of that number (a deleted trial's id
+    may be reused on SQLite). False: no such trial any more."""
     from optuna.storages._rdb import models
     from optuna.trial import TrialState
     from sqlalchemy import delete, update
 
-    session.execute(
-        update(models.TrialModel.__table__)
-        .where(models.TrialModel.__table__.c.trial_id == optuna_trial_id)
+    trials = models.TrialModel.__table__
+    where = [trials.c.trial_id == optuna_trial_id]
+    if handle is not None:
+        where.append(trials.c.study_id == handle.optuna_study_id)
+    if number is not None:
+        where.append(trials.c.number == number)
+    updated = session.execute(
+        update(trials)
+        .where(*where)
         .values(state=TrialState.RUNNING, datetime_start=_utc_naive(None), datetime_complete=None)
-    )
+    ).rowcount
+    if updated != 1:
+        return False
     values = models.TrialIntermediateValueModel.__table__
     session.execute(delete(values).where(values.c.trial_id == optuna_trial_id))
+    return True
+
+
+def start_running_trial(
+    session: Session,
+    handle: StudyHandle,
+    number: int,
+    params: dict[str, Any],
+    optuna_trial_id: int | None,
+) -> int:
+    """The claimed trial's Optuna trial made RUNNING in the claim's transaction: the existing
+    one restarted for a re-run, or a new one when it has none or its old one was deleted.
+    Returns its id (store it on our row when it changed)."""
+    if optuna_trial_id is not None:
+        if restart_trial(session, optuna_trial_id, handle=handle, number=number):
+            return optuna_trial_id
+        _trial_missing(handle.url, optuna_trial_id)
+    return insert_running_trial(session, handle, number, params)
 
 
 def set_trials_waiting(session: Session, optuna_trial_ids: list[int]) -> None:
@@ -359,12 +599,54 @@ def set_trials_waiting(session: Session, optuna_trial_ids: list[int]) -> None:
     )
 
 
-def write_intermediate(session: Session, optuna_trial_id: int, points: dict[int, float]) -> None:
+def write_intermediate(
+    session: Session,
+    optuna_trial_id: int,
+    points: dict[int, float],
+    *,
+    number: int | None = None,
+    url: str = "",
+) -> bool:
     """Writes (or overwrites) intermediate values of an Optuna trial in the caller's transaction.
 
     An upsert, so that a retry after a lost reply, which cannot know whether its first try
     committed, writes the same rows again instead of failing on Optuna's (trial_id, step) key.
+    Skipped (False) when the Optuna trial (of grid `number`, when given) no longer exists: a
+    deleted mirror must not fail the worker's write; completion or sync_optuna mirrors it again.
+    On PostgreSQL the trial's row is locked FOR KEY SHARE, so a concurrent delete waits for us.
     """
+    if not points:
+        return True
+    from optuna.storages._rdb import models
+    from sqlalchemy import select
+
+    trials = models.TrialModel.__table__
+    where = [trials.c.trial_id == optuna_trial_id]
+    if number is not None:
+        where.append(trials.c.number == number)
+    found = session.execute(
+        select(trials.c.trial_id).where(*where).with_for_update(read=True, key_share=True)
+    ).scalar_one_or_none()
+    if found is None:
+        _trial_missing(url, optuna_trial_id)
+        return False
+    _upsert_intermediate(session, optuna_trial_id, points)
+    return True
+
+
+def _dialect_upsert(session: Session) -> Any:
+    """The dialect's INSERT with ON CONFLICT (PostgreSQL, SQLite); None on other backends."""
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as upsert
+    elif dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as upsert
+    else:
+        return None
+    return upsert
+
+
+def _upsert_intermediate(session: Session, optuna_trial_id: int, points: dict[int, float]) -> None:
     if not points:
         return
     from optuna.storages._rdb import models
@@ -411,29 +693,61 @@ def write_intermediate(session: Session, optuna_trial_id: int, points: dict[int,
 def _write_result(
     session: Session, optuna_trial_id: int, trial: FinishedTrial, written_steps: set[int]
 ) -> None:
+    # Upserts: writing a trial's result twice (sync_optuna after a recreated mirror, a value or
+    # attribute an Optuna client set) overwrites instead of failing on Optuna's unique keys.
     from optuna.storages._rdb import models
-    from sqlalchemy import insert
+    from sqlalchemy import delete, insert
 
+    upsert = _dialect_upsert(session)
     value = trial.value() if trial.state != "cancelled" else None
+    values_table = models.TrialValueModel.__table__
     if value is not None:
         stored, kind = models.TrialValueModel.value_to_stored_repr(value)
-        session.execute(
-            insert(models.TrialValueModel.__table__).values(
-                trial_id=optuna_trial_id, objective=0, value=stored, value_type=kind
+        row = {"trial_id": optuna_trial_id, "objective": 0, "value": stored, "value_type": kind}
+        if upsert is None:
+            session.execute(
+                delete(values_table).where(
+                    values_table.c.trial_id == optuna_trial_id, values_table.c.objective == 0
+                )
             )
-        )
-    write_intermediate(
+            session.execute(insert(values_table).values(**row))
+        else:
+            statement = upsert(values_table).values(**row)
+            session.execute(
+                statement.on_conflict_do_update(
+                    index_elements=[values_table.c.trial_id, values_table.c.objective],
+                    set_={
+                        "value": statement.excluded.value,
+                        "value_type": statement.excluded.value_type,
+                    },
+                )
+            )
+    _upsert_intermediate(
         session,
         optuna_trial_id,
         {step: v for step, v in trial.intermediate.items() if step not in written_steps},
     )
-    session.execute(
-        insert(models.TrialUserAttributeModel.__table__),
-        [
-            {"trial_id": optuna_trial_id, "key": key, "value_json": json.dumps(attr)}
-            for key, attr in trial.user_attrs().items()
-        ],
-    )
+    attrs_table = models.TrialUserAttributeModel.__table__
+    attrs = [
+        {"trial_id": optuna_trial_id, "key": key, "value_json": json.dumps(attr)}
+        for key, attr in trial.user_attrs().items()
+    ]
+    if upsert is None:
+        session.execute(
+            delete(attrs_table).where(
+                attrs_table.c.trial_id == optuna_trial_id,
+                attrs_table.c.key.in_([a["key"] for a in attrs]),
+            )
+        )
+        session.execute(insert(attrs_table), attrs)
+    else:
+        statement = upsert(attrs_table).values(attrs)
+        session.execute(
+            statement.on_conflict_do_update(
+                index_elements=[attrs_table.c.trial_id, attrs_table.c.key],
+                set_={"value_json": statement.excluded.value_json},
+            )
+        )
 
 
 def insert_finished_trial(session: Session, handle: StudyHandle, trial: FinishedTrial) -> int:
@@ -463,22 +777,32 @@ def finish_trial(
     trial: FinishedTrial,
     *,
     written_steps: set[int] | None = None,
-) -> int:
+) -> int | None:
     """Gives the trial's Optuna trial its final state (COMPLETE, FAIL, or PRUNED when
     cancelled), value, the intermediate values not in `written_steps`, and user attributes,
-    inside the caller's transaction; inserts the whole trial when it has none. Returns its id."""
+    inside the caller's transaction; inserts the whole trial when it has none, or its old one
+    was deleted. Returns its id; None when the Optuna study itself is gone (nothing written:
+    the trial stays pending for sync_optuna, which recreates the study)."""
     from optuna.storages._rdb import models
     from sqlalchemy import update
 
+    if not study_alive(session, handle):
+        return None
     if optuna_trial_id is None:
         return insert_finished_trial(session, handle, trial)
     trials = models.TrialModel.__table__
     updated = session.execute(
         update(trials)
-        .where(trials.c.trial_id == optuna_trial_id)
+        .where(
+            trials.c.trial_id == optuna_trial_id,
+            # Still that study's trial of that number: a deleted trial's id may be reused.
+            trials.c.study_id == handle.optuna_study_id,
+            trials.c.number == trial.number,
+        )
         .values(state=_optuna_state(trial), datetime_complete=_utc_naive(trial.finished_at))
     ).rowcount
     if updated != 1:  # its row is gone (deleted by hand): write the whole trial again
+        _trial_missing(handle.url, optuna_trial_id)
         return insert_finished_trial(session, handle, trial)
     _write_result(session, optuna_trial_id, trial, written_steps or set())
     return optuna_trial_id
@@ -552,9 +876,11 @@ def sync_optuna(
 
     Normally there are none: completions write Optuna in the same transaction. They appear when a
     lease expires on a trial's last attempt (it fails with no worker to record it), when a study
-    is cancelled (its handed-back trials, WAITING in Optuna, become PRUNED), or after a crash in
-    the fallback path. Each is written in one transaction with its row locked, so two workers
-    syncing at once never write it twice.
+    is cancelled (its handed-back trials, WAITING in Optuna, become PRUNED), after a crash in
+    the fallback path, or when someone deleted a study's Optuna mirror: a full pass (no
+    `trial_ids`) first recreates every missing mirror, which marks its finished trials for this
+    pass. Each is written in one transaction with its row locked, so two workers syncing at once
+    never write it twice.
     """
     from datetime import timedelta
 
@@ -563,6 +889,8 @@ def sync_optuna(
     from studies.db.models import OPTUNA_PENDING_SQL, TrialRow, utcnow
 
     pending_clause = text(OPTUNA_PENDING_SQL)
+    if trial_ids is None and direct_writes(db.url):
+        _recreate_missing_mirrors(db)
     recent = (
         TrialRow.id.in_(trial_ids)
         if trial_ids is not None
@@ -586,31 +914,73 @@ def sync_optuna(
     written = 0
     direct = direct_writes(db.url) if pending else False
     for trial_id, study_id in pending:
-        handle = study_handle(db, study_id)
         if not direct:
-            written += _sync_through_storage(db, handle, trial_id)
+            written += _sync_through_storage(db, study_handle(db, study_id), trial_id)
             continue
-        with db.session() as session:
-            row = session.execute(
-                select(TrialRow)
-                .where(TrialRow.id == trial_id, TrialRow.optuna_final.is_(False))
-                .with_for_update()
-            ).scalar_one_or_none()
-            if row is None:
-                continue  # another worker mirrored it meanwhile
-            optuna_trial_id = row.optuna_trial_id
-            if row.state != "cancelled" or optuna_trial_id is not None:
-                optuna_trial_id = finish_trial(
-                    session, handle, optuna_trial_id, finished_trial_from_row(row)
-                )
-                written += 1
-            session.execute(
-                update(TrialRow)
-                .where(TrialRow.id == trial_id)
-                .values(optuna_trial_id=optuna_trial_id, optuna_final=True),
-                execution_options={"synchronize_session": False},
-            )
+        # A second try when the first found the mirror gone: study_handle then recreates it.
+        for _ in range(2):
+            outcome = _sync_trial(db, study_handle(db, study_id), trial_id)
+            if outcome is not None:
+                written += outcome
+                break
     return written
+
+
+def _sync_trial(db: Database, handle: StudyHandle, trial_id: int) -> int | None:
+    """Mirrors one pending trial in its own transaction; how many Optuna trials it wrote, or
+    None when the Optuna study is gone (the trial stays pending)."""
+    from sqlalchemy import select, update
+
+    from studies.db.models import TrialRow
+
+    with db.session() as session:
+        row = session.execute(
+            select(TrialRow)
+            .where(TrialRow.id == trial_id, TrialRow.optuna_final.is_(False))
+            .with_for_update()
+        ).scalar_one_or_none()
+        if row is None:
+            return 0  # another worker mirrored it meanwhile
+        optuna_trial_id = row.optuna_trial_id
+        wrote = 0
+        if row.state != "cancelled" or optuna_trial_id is not None:
+            optuna_trial_id = finish_trial(
+                session, handle, optuna_trial_id, finished_trial_from_row(row)
+            )
+            if optuna_trial_id is None:
+                return None
+            wrote = 1
+        session.execute(
+            update(TrialRow)
+            .where(TrialRow.id == trial_id)
+            .values(optuna_trial_id=optuna_trial_id, optuna_final=True),
+            execution_options={"synchronize_session": False},
+        )
+    return wrote
+
+
+def _recreate_missing_mirrors(db: Database) -> None:
+    """Recreates the Optuna study of each of our studies that has none (deleted by someone):
+    one indexed lookup per study by Optuna's unique study name."""
+    from optuna.storages._rdb import models
+    from sqlalchemy import exists, select
+
+    from studies.db.models import StudyRow
+
+    studies = models.StudyModel.__table__
+    with db.session(readonly=True) as session:
+        missing = list(
+            session.execute(
+                select(StudyRow.id).where(
+                    StudyRow.optuna_study_name.is_not(None),
+                    ~exists().where(studies.c.study_name == StudyRow.optuna_study_name),
+                )
+            ).scalars()
+        )
+    for study_id in missing:
+        with _lock:
+            _handles.pop((db.url, study_id), None)
+        study_handle(db, study_id)
 
 
 def _sync_through_storage(db: Database, handle: StudyHandle, trial_id: int) -> int:

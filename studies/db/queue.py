@@ -30,10 +30,9 @@ from studies.db.optuna_bridge import (
     direct_writes,
     finish_trial,
     handle_in_session,
-    insert_running_trial,
     record_trial,
-    restart_trial,
     set_trials_waiting,
+    start_running_trial,
     study_handle,
     sync_optuna,
     write_intermediate,
@@ -248,14 +247,15 @@ def _start_optuna_trial(session: Any, db: Database, row: Any) -> int | None:
     handle = handle_in_session(session, db.url, row.study_id)
     if handle is None:
         return None  # no Optuna study yet: completion creates both
-    if row.optuna_trial_id is not None:
-        restart_trial(session, row.optuna_trial_id)
-        return int(row.optuna_trial_id)
-    optuna_trial_id = insert_running_trial(session, handle, row.number, row.params)
-    session.execute(
-        update(TrialRow).where(TrialRow.id == row.id).values(optuna_trial_id=optuna_trial_id),
-        execution_options=_NO_SYNC,
+    # Restarted for a re-run, or new (also when a deleted mirror took the old one with it).
+    optuna_trial_id = start_running_trial(
+        session, handle, row.number, row.params, row.optuna_trial_id
     )
+    if optuna_trial_id != row.optuna_trial_id:
+        session.execute(
+            update(TrialRow).where(TrialRow.id == row.id).values(optuna_trial_id=optuna_trial_id),
+            execution_options=_NO_SYNC,
+        )
     return optuna_trial_id
 
 
@@ -351,7 +351,9 @@ def record_evaluations(
             # reset.
             points = pending[id(claim)]
             if points and claim.optuna_trial_id is not None:
-                write_intermediate(session, claim.optuna_trial_id, points)
+                write_intermediate(
+                    session, claim.optuna_trial_id, points, number=claim.number, url=db.url
+                )
     for claim in claims:  # committed: those steps are in Optuna now
         if claim.trial_id in held:
             claim.optuna_steps.update(pending[id(claim)])
@@ -474,8 +476,9 @@ def complete_and_claim_next(
 
 def _finish_in_session(
     session: Any, handle: StudyHandle, claim: ClaimedTrial, finished: FinishedTrial
-) -> None:
-    """Gives the claimed trial's Optuna trial its final state in the caller's transaction."""
+) -> bool:
+    """Gives the claimed trial's Optuna trial its final state in the caller's transaction;
+    False when its Optuna study is gone (the row is left for sync_optuna)."""
     optuna_trial_id = finish_trial(
         session, handle, claim.optuna_trial_id, finished, written_steps=claim.optuna_steps
     )
@@ -483,10 +486,11 @@ def _finish_in_session(
         session.execute(
             update(TrialRow)
             .where(TrialRow.id == claim.trial_id)
-            .values(optuna_trial_id=optuna_trial_id, optuna_final=True),
+            .values(optuna_trial_id=optuna_trial_id, optuna_final=optuna_trial_id is not None),
             execution_options=_NO_SYNC,
         )
     claim.optuna_trial_id = optuna_trial_id
+    return optuna_trial_id is not None
 
 
 def _mirror_through_storage(db: Database, claim: ClaimedTrial, finished: FinishedTrial) -> None:
@@ -552,11 +556,11 @@ def _optuna_after_attempt(
         return
     finished = _finished(claim, state, None, error)
     finished.intermediate = {}  # those written so far stay; buffered ones were not stored
-    _finish_in_session(session, handle, claim, finished)
-    session.execute(
-        update(TrialRow).where(TrialRow.id == claim.trial_id).values(optuna_final=True),
-        execution_options=_NO_SYNC,
-    )
+    if _finish_in_session(session, handle, claim, finished):
+        session.execute(
+            update(TrialRow).where(TrialRow.id == claim.trial_id).values(optuna_final=True),
+            execution_options=_NO_SYNC,
+        )
 
 
 def _retry_or_fail(db: Database, max_attempts: int) -> dict[str, Any]:
@@ -604,18 +608,37 @@ def fail_attempt(db: Database, claim: ClaimedTrial, error: str, *, max_attempts:
     return state
 
 
+def _unlocked(db: Database, condition: ColumnElement[bool]) -> ColumnElement[bool]:
+    """`condition`, limited on PostgreSQL to the rows no other transaction has locked.
+
+    A worker frozen inside a transaction (SIGSTOP, a hung thread) keeps its row locks until
+    idle_in_transaction_session_timeout ends it; a sweep that waited for them would stall every
+    live worker behind it. Skipped rows are simply swept next time. The condition is repeated
+    outside the subquery so that the UPDATE re-checks it on the rows it has locked.
+    """
+    if not db.is_postgres:
+        return condition  # SQLite: one writer at a time, nothing to skip
+    ids = select(TrialRow.id).where(condition).with_for_update(skip_locked=True, of=TrialRow)
+    return and_(TrialRow.id.in_(ids.scalar_subquery()), condition)
+
+
 def requeue_expired(db: Database, *, max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> int:
     """Puts trials whose lease expired back in the queue (or "failed"); any worker may call it.
 
     Also cancels queued trials of cancelled studies (a trial handed back while its study was
-    being cancelled). Returns how many expired leases were reclaimed.
+    being cancelled); an expired lease of a cancelled study ends "cancelled", not queued, so a
+    cancelled study whose worker died still finishes. Rows locked by another transaction are
+    skipped on PostgreSQL (see _unlocked), so the sweep never waits on a frozen worker. Returns
+    how many expired leases were reclaimed.
     """
     max_attempts = _check_max_attempts(max_attempts)
     direct = direct_writes(db.url)
+    expired = and_(TrialRow.state == "running", TrialRow.lease_expires_at < _now(db))
+    abandoned = and_(TrialRow.state == "queued", _study_cancelled())
     with db.session() as session:
         result = session.execute(
             update(TrialRow)
-            .where(TrialRow.state == "running", TrialRow.lease_expires_at < _now(db))
+            .where(_unlocked(db, expired))
             .values(
                 error=case(
                     (
@@ -636,7 +659,7 @@ def requeue_expired(db: Database, *, max_attempts: int = DEFAULT_MAX_ATTEMPTS) -
             )
         session.execute(
             update(TrialRow)
-            .where(TrialRow.state == "queued", _study_cancelled())
+            .where(_unlocked(db, abandoned))
             .values(state="cancelled", finished_at=_now(db)),
             execution_options=_NO_SYNC,
         )
