@@ -14,40 +14,10 @@ import httpx
 import pytest
 
 from service.processes import free_port, spawn, wait_healthy
+from tests.e2e.procfs import SPEC_YAML, alive, children
 
 pytestmark = pytest.mark.slow
 
-SPEC_YAML = """\
-name: cli quick
-workload: noop
-workload_config: {steps_per_epoch: 3}
-optimizers: [adam, adamod]
-lr: {min: 1.0e-3, max: 1.0e-1, points: 3}
-seeds: 2
-budget: {steps: 3}
-"""
-
-
-def _children(pid: int) -> list[int]:
-    """Direct children of ``pid`` (from /proc)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                found.append(int(entry.name))
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -100,14 +70,14 @@ def test_up_submit_wait_report_and_ctrl_c(tmp_path: Path) -> None:
             assert (out / f"{name}.png").read_bytes().startswith(b"\x89PNG")
         assert "<img" in (out / "report.html").read_text()
 
-        children = _children(up.pid)
-        assert len(children) == 3  # the API and two workers
+        started = children(up.pid)
+        assert len(started) == 3  # the API and two workers
         up.send_signal(signal.SIGINT)  # what Ctrl-C does
         assert up.wait(timeout=60) == 0, (tmp_path / "up.log").read_text()[-1500:]
         deadline = time.monotonic() + 10
-        while any(_alive(pid) for pid in children) and time.monotonic() < deadline:
+        while any(alive(pid) for pid in started) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert not any(_alive(pid) for pid in children)
+        assert not any(alive(pid) for pid in started)
         with pytest.raises(httpx.TransportError):
             httpx.get(f"{url}/healthz", timeout=2)
     finally:

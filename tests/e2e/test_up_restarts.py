@@ -13,30 +13,7 @@ from pathlib import Path
 import pytest
 
 from service.processes import RestartBackoff, free_port, spawn, wait_healthy
-
-SPEC_YAML = """\
-name: restarts
-workload: noop
-workload_config: {steps_per_epoch: 3}
-optimizers: [adam, adamod]
-lr: {min: 1.0e-3, max: 1.0e-1, points: 3}
-seeds: 2
-budget: {steps: 3}
-"""
-
-
-def _children(pid: int) -> list[int]:
-    """Direct children of ``pid`` (from /proc) that are still alive."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid and fields[0] != "Z":
-                found.append(int(entry.name))
-    return found
+from tests.e2e.procfs import SPEC_YAML, alive, children
 
 
 def _is_worker(pid: int) -> bool:
@@ -47,17 +24,9 @@ def _is_worker(pid: int) -> bool:
     return b"workers" in cmdline
 
 
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
 def _workers_of(pid: int, n: int) -> list[int] | None:
     """The worker children of ``pid`` once there are ``n`` of them."""
-    found = [child for child in _children(pid) if _is_worker(child)]
+    found = [child for child in children(pid) if _is_worker(child)]
     return found if len(found) == n else None
 
 
@@ -90,9 +59,24 @@ def test_up_restarts_a_killed_worker_and_the_study_completes(tmp_path: Path) -> 
     log_path = tmp_path / "up.log"
     log = open(log_path, "wb")  # noqa: SIM115
     up = spawn(
-        [sys.executable, "-u", "-m", "service", "up", "--workers", "2", "--port", str(port),
-         "--data-dir", str(tmp_path / "data"), "--device", "cpu"],
-        env, stdout=log, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-u",
+            "-m",
+            "service",
+            "up",
+            "--workers",
+            "2",
+            "--port",
+            str(port),
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--device",
+            "cpu",
+        ],
+        env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     try:
         assert wait_healthy(url, up, timeout=120), log_path.read_text()
@@ -102,31 +86,34 @@ def test_up_restarts_a_killed_worker_and_the_study_completes(tmp_path: Path) -> 
 
         restarted = _wait(
             lambda: re.search(r"worker (\d+) restarted as pid (\d+)", log_path.read_text()),
-            30, "the restart", log_path,
+            30,
+            "the restart",
+            log_path,
         )
         text = log_path.read_text()
         assert f"(pid {victim}) exited with code -9" in text
         assert "restarting it in 1 s" in text
         new_pid = int(restarted.group(2))
-        assert new_pid != victim and new_pid in _children(up.pid)
-        assert sorted(p for p in _children(up.pid) if _is_worker(p)) == sorted(
-            [workers[1], new_pid]
-        )
+        assert new_pid != victim and new_pid in children(up.pid)
+        assert sorted(p for p in children(up.pid) if _is_worker(p)) == sorted([workers[1], new_pid])
 
         spec = tmp_path / "restarts.yaml"
         spec.write_text(SPEC_YAML)
         submitted = subprocess.run(
             [sys.executable, "-m", "service", "submit", str(spec), "--wait"],
-            capture_output=True, text=True, timeout=180, env={**env, "ADAMOD_LAB_URL": url},
+            capture_output=True,
+            text=True,
+            timeout=180,
+            env={**env, "ADAMOD_LAB_URL": url},
         )
         assert submitted.returncode == 0, submitted.stderr + log_path.read_text()[-3000:]
         assert "completed" in submitted.stderr
 
         # A stop request stops everything, and nothing is restarted.
-        children = _children(up.pid)
+        started = children(up.pid)
         up.send_signal(signal.SIGTERM)
         assert up.wait(timeout=90) == 0, log_path.read_text()[-3000:]
-        _wait(lambda: not any(_alive(p) for p in children), 10, "every child to exit", log_path)
+        _wait(lambda: not any(alive(p) for p in started), 10, "every child to exit", log_path)
         assert log_path.read_text().count("restarted as pid") == 1
     finally:
         if up.poll() is None:
