@@ -1,6 +1,6 @@
 """Trial packs: how much faster a study runs when workers train compatible trials together.
 
-Three measurements, each printed as a ratio against a baseline measured in the same run:
+Four measurements, each printed as a ratio against a baseline measured in the same run:
 
 1. end to end: the quick preset (studies/presets/quick.yaml) through `adamod-lab up` (the API
    plus 2 workers on a fresh SQLite file, the machine's cores shared as in production), from
@@ -8,10 +8,12 @@ Three measurements, each printed as a ratio against a baseline measured in the s
    default (`auto`, packs of up to 64);
 2. trials per second of `run_pack` at K = 1, 4, 16, 64 members, against `run_trial` one after
    the other, for digits_mlp (its quick-preset budget) and tiny_transformer (a short budget);
-3. the per-member optimizer step at K members against K scalar steps (benchmarks/member_step.py).
+3. the compute floor: K MLPs' batched forward and backward alone (benchmarks/pack_floor.py),
+   the most any pack runner could reach on this CPU, against run_trial one by one;
+4. the per-member optimizer step at K members against K scalar steps (benchmarks/member_step.py).
 
     .venv/bin/python benchmarks/packs.py            # everything (a few minutes on 2 cores)
-    .venv/bin/python benchmarks/packs.py --skip-e2e # 2 and 3 only
+    .venv/bin/python benchmarks/packs.py --skip-e2e # 2, 3 and 4 only
 
 Target (issue 8): the quick preset >= 10x faster packed, on the 2-core development machine.
 """
@@ -130,6 +132,33 @@ def trials_per_second(workload: str, budget: dict[str, Any], k_values: list[int]
         )
 
 
+def print_floor(k: int) -> None:
+    """The fastest a digits_mlp pack of `k` could train here (batched forward and backward
+    only), against run_trial one by one: an upper bound on packing's gain on this machine."""
+    import torch
+
+    from benchmarks.pack_floor import floor_step_seconds
+    from studies.spec import TrialConfig
+    from studies.trial import run_trial
+
+    torch.set_num_threads(1)
+    config = TrialConfig.model_validate(
+        {"workload": "digits_mlp", "optimizer": "adam", "lr": 1e-3, "budget": {"epochs": 10}}
+    )
+    run_trial(config)  # warm up
+    started = time.perf_counter()
+    steps = run_trial(config).steps
+    alone = 1.0 / (time.perf_counter() - started)
+    step_s = floor_step_seconds(k)
+    best = k / (step_s * steps)
+    print(
+        f"  digits_mlp: {step_s * 1e3:.2f} ms per step of {k} members with nothing but the "
+        f"batched forward and backward = {best:.1f} trials/s at most, "
+        f"{best / alone:.1f}x run_trial ({alone:.2f} trials/s): no pack runner can do better",
+        flush=True,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--skip-e2e", action="store_true", help="skip the adamod-lab up runs")
@@ -148,7 +177,10 @@ def main() -> None:
     trials_per_second("digits_mlp", {"epochs": 10}, args.k)
     trials_per_second("tiny_transformer", {"steps": 200}, args.k)
 
-    print("3. the per-member optimizer step against K scalar steps:", flush=True)
+    print("3. the compute floor (benchmarks/pack_floor.py), one thread:", flush=True)
+    print_floor(max(args.k))
+
+    print("4. the per-member optimizer step against K scalar steps:", flush=True)
     from benchmarks.member_step import measure
 
     for row in measure(tuple(args.k)):

@@ -9,7 +9,8 @@ evaluations, and how the final TrialResult is assembled.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from collections.abc import Collection
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -62,12 +63,21 @@ class TrialResult:
     extras: dict[str, Any] = field(default_factory=dict)  # facts from the workload (data, sizes)
     pack_size: int = 1  # how many trials trained together in one vectorized model (1: alone)
 
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-able dict (no NaN or infinity anywhere)."""
-        return _json_safe(asdict(self))
+    def to_dict(self, *, exclude: Collection[str] = ()) -> dict[str, Any]:
+        """A JSON-able dict (no NaN or infinity anywhere), without the fields in `exclude`
+        (the queue stores the curve and bound_stats in their own columns: converting them only
+        to drop them was most of a pack member's completion time)."""
+        unknown = set(exclude) - {f.name for f in fields(self)}
+        if unknown:
+            raise ValueError(f"exclude: unknown TrialResult fields {sorted(unknown)}")
+        return {
+            f.name: _json_safe(getattr(self, f.name)) for f in fields(self) if f.name not in exclude
+        }
 
 
 def _json_safe(value: Any) -> Any:
+    if is_dataclass(value) and not isinstance(value, type):
+        return _json_safe(asdict(value))
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):

@@ -31,6 +31,7 @@ from studies.db.queue import (
     buffer_evaluation,
     claim_next_trial,
     complete_and_claim_next,
+    complete_pack,
     fail_attempt,
     queue_counts,
     record_evaluation,
@@ -324,11 +325,7 @@ class Worker:
                     self._fail(claim, exc)
                 return None
             heartbeat.track(None)
-            following = None
-            for index, (claim, result) in enumerate(zip(pack, results, strict=True)):
-                ride = claim_next and index == len(pack) - 1
-                following = self._record(claim, result, claim_next=ride)
-            return following
+            return self._record_pack(pack, results, claim_next=claim_next)
         finally:
             self._release_hold()
 
@@ -372,6 +369,36 @@ class Worker:
             )
         else:
             log.warning("trial %d: lease lost before completion; result dropped", claim.trial_id)
+        return following
+
+    def _record_pack(
+        self, pack: Sequence[ClaimedTrial], results: Sequence[TrialResult], *, claim_next: bool
+    ) -> ClaimedTrial | None:
+        """Stores every member's outcome in one transaction (cancelled members are handed
+        back); returns the next claim when `claim_next`, riding on the same commit."""
+        next_for = self.info if claim_next and not self.shutdown.is_set() else None
+        members = list(zip(pack, results, strict=True))
+        stored, following = self._retry(
+            lambda: complete_pack(
+                self.db, members, next_for, lease_seconds=self.options.lease_seconds
+            ),
+            "complete pack",
+        )
+        for (claim, result), kept in zip(members, stored, strict=True):
+            if result.state == "cancelled":
+                log.info("trial %d stopped early (handed back: %s)", claim.trial_id, kept)
+            elif kept:
+                log.info(
+                    "trial %d %s in %.2f s (pack of %d)",
+                    claim.trial_id,
+                    result.state,
+                    result.duration_s,
+                    result.pack_size,
+                )
+            else:
+                log.warning(
+                    "trial %d: lease lost before completion; result dropped", claim.trial_id
+                )
         return following
 
     def _fail(self, claim: ClaimedTrial, exc: BaseException) -> None:

@@ -50,6 +50,7 @@ __all__ = [
     "buffer_evaluation",
     "claim_next_trial",
     "complete_and_claim_next",
+    "complete_pack",
     "complete_trial",
     "eval_point_json",
     "fail_attempt",
@@ -420,12 +421,73 @@ def complete_and_claim_next(
     A retry after a lost reply reports the completion but not a claim that reply carried; that
     trial is requeued when its lease expires.
     """
-    if result.state == "cancelled":
-        return release_lease(db, claim, keep_curve=True), None
-    finished = _finished(claim, result.state, result)
-    data = result.to_dict()
-    data.pop("curve", None)
-    data.pop("bound_stats", None)
+    stored, following = complete_pack(
+        db, [(claim, result)], worker, lease_seconds=lease_seconds, optuna=optuna
+    )
+    return stored[0], following
+
+
+def complete_pack(
+    db: Database,
+    members: Sequence[tuple[ClaimedTrial, TrialResult]],
+    worker: WorkerInfo | None,
+    *,
+    lease_seconds: float = DEFAULT_LEASE_SECONDS,
+    optuna: bool = True,
+) -> tuple[list[bool], ClaimedTrial | None]:
+    """complete_and_claim_next for every member of a pack in one transaction (a pack of 64 was
+    64 commits and most of its recording time). Returns each member's `stored` (in the order
+    given) and the next claim, which rides on the same commit.
+
+    Each member is stored only under its own lease; a member whose lease was lost is skipped
+    (False) without undoing the others. A cancelled result hands its trial back instead (its
+    own transaction, before the others). Safe to retry as a whole: a member already stored by a
+    first try that lost its reply is found finished under its own lease and reported True.
+    """
+    stored = [False] * len(members)
+    finishing: list[tuple[int, ClaimedTrial, TrialResult, FinishedTrial]] = []
+    for index, (claim, result) in enumerate(members):
+        if result.state == "cancelled":
+            stored[index] = release_lease(db, claim, keep_curve=True)
+        else:
+            finishing.append((index, claim, result, _finished(claim, result.state, result)))
+    finishing.sort(key=lambda item: item[1].trial_id)  # one lock order for multi-trial writes
+    direct = optuna and direct_writes(db.url)
+    handles: dict[int, StudyHandle] = {}
+    if direct:  # outside the transaction: study_handle may need to write (SQLite)
+        for study_id in sorted({claim.study_id for _, claim, _, _ in finishing}):
+            handles[study_id] = study_handle(db, study_id)
+    following = None
+    if not finishing and worker is None:
+        return stored, None
+    with db.session() as session:
+        fresh = not finishing  # nothing to store: a plain claim
+        for index, claim, result, finished in finishing:
+            handle = handles.get(claim.study_id)
+            outcome = _complete_in_session(session, claim, result, finished, handle)
+            stored[index] = outcome != "lost"
+            fresh = fresh or outcome == "stored"
+        if worker is not None and fresh:
+            # Not on a retry that found everything stored already: the lost reply may have
+            # carried a claim, and this worker must not hold two.
+            following = _claim_in_session(session, db, worker, lease_seconds)
+    if optuna and not direct:
+        for index, claim, _, finished in finishing:
+            if stored[index]:
+                _mirror_through_storage(db, claim, finished)
+    return stored, following
+
+
+def _complete_in_session(
+    session: Any,
+    claim: ClaimedTrial,
+    result: TrialResult,
+    finished: FinishedTrial,
+    handle: StudyHandle | None,
+) -> str:
+    """Stores one finished trial (and its Optuna trial, given `handle`) in the caller's
+    transaction if its lease is still held: "stored"; "done" when a first try (whose reply was
+    lost) stored it already; "lost" when the lease is gone (nothing written)."""
     values: dict[str, Any] = {
         "state": result.state,
         "loss": finished.loss,
@@ -434,44 +496,34 @@ def complete_and_claim_next(
         "value": capped_value(result.state, finished.loss, finished.loss0),
         "curve": [eval_point_json(p) for p in result.curve],
         "bound_stats": result.bound_stats,
-        "result": data,
+        "result": result.to_dict(exclude=("curve", "bound_stats")),  # each has its own column
         "steps": int(result.steps),
         "duration_s": finite_or_none(result.duration_s),
         "error": None,
         "lease_expires_at": None,
         "finished_at": finished.finished_at,
     }
-    direct = optuna and direct_writes(db.url)
-    handle = study_handle(db, claim.study_id) if direct else None  # outside the transaction
     if handle is not None:
         values["optuna_final"] = True
-    with db.session() as session:
-        # Our row first, then Optuna's: every transaction takes the two locks in that order.
-        stored = session.execute(
-            update(TrialRow).where(_held(claim)).values(**values), execution_options=_NO_SYNC
-        ).rowcount
-        if stored != 1:
-            session.rollback()  # not ours (any more)
-            done = session.execute(
-                select(TrialRow.optuna_trial_id).where(
-                    TrialRow.id == claim.trial_id,
-                    TrialRow.lease_token == claim.lease_token,
-                    TrialRow.state == result.state,
-                )
-            ).one_or_none()
-            if done is None:
-                return False, None  # lease lost
-            claim.optuna_trial_id = done.optuna_trial_id  # a retry after a lost reply
-            return True, None
-        if handle is not None:
-            _finish_in_session(session, handle, claim, finished)
-        following = None
-        if worker is not None:
-            # One transaction per trial instead of two: the next claim rides on this commit.
-            following = _claim_in_session(session, db, worker, lease_seconds)
-    if optuna and not direct:
-        _mirror_through_storage(db, claim, finished)
-    return True, following
+    # Our row first, then Optuna's: every transaction takes the two locks in that order.
+    updated = session.execute(
+        update(TrialRow).where(_held(claim)).values(**values), execution_options=_NO_SYNC
+    ).rowcount
+    if updated != 1:  # not ours (any more), or ours already: a retry after a lost reply
+        done = session.execute(
+            select(TrialRow.optuna_trial_id).where(
+                TrialRow.id == claim.trial_id,
+                TrialRow.lease_token == claim.lease_token,
+                TrialRow.state == result.state,
+            )
+        ).one_or_none()
+        if done is None:
+            return "lost"
+        claim.optuna_trial_id = done.optuna_trial_id
+        return "done"
+    if handle is not None:
+        _finish_in_session(session, handle, claim, finished)
+    return "stored"
 
 
 def _finish_in_session(

@@ -395,3 +395,44 @@ def test_pack_never_races_a_cancel_in_flight(postgres_url: str) -> None:
         assert [c.number for c in pack] == [0]  # the lead alone: no queued trial taken from it
         canceller.rollback()
     assert [c.number for c in claim_next_pack(db, WORKER, pack_size=4)] == [1, 2, 3, 4]
+
+
+def test_complete_pack_stores_members_in_one_transaction(database_url: str) -> None:
+    from dataclasses import replace
+
+    from studies.db.queue import complete_pack
+    from studies.pack import run_pack
+
+    db = migrated(database_url)
+    study = make_study(db, n_lr=2, seeds=2)  # adam: numbers 0-3, adamod: 4-7
+    a, b, c, d = claim_next_pack(db, WORKER, pack_size=4, lease_seconds=30)
+    results = run_pack([m.config for m in (a, b, c, d)])
+    results[3] = replace(results[3], state="cancelled")  # stopped early: handed back
+    thief = _stolen(b)  # b's lease is not ours: b is skipped, the others are not undone
+    stored, following = complete_pack(
+        db, [(c, results[2]), (a, results[0]), (thief, results[1]), (d, results[3])], WORKER
+    )
+    assert stored == [True, True, False, True]
+    # The next claim rode on the commit: d, handed back first, is the oldest queued trial again.
+    assert following is not None and following.trial_id == d.trial_id
+    assert following.lease_token != d.lease_token and following.attempt == 1
+    rows = {r.id: r for r in _rows(db, study.id)}
+    for member, result in ((a, results[0]), (c, results[2])):
+        row = rows[member.trial_id]
+        assert row.state == "completed" and row.lease_expires_at is None
+        assert row.loss == pytest.approx(result.loss) and len(row.curve) == len(result.curve)
+        assert row.result["pack_size"] == 4 and "curve" not in row.result
+    assert rows[b.trial_id].state == "running"  # still b's real lease holder's to finish
+    assert rows[d.trial_id].state == "running" and rows[d.trial_id].attempts == 1  # not 2
+    trials = optuna.load_study(study_name=study.optuna_study_name, storage=db.url).trials
+    states = {t._trial_id: t.state for t in trials}
+    assert states[a.optuna_trial_id] == states[c.optuna_trial_id] == TrialState.COMPLETE
+    assert states[b.optuna_trial_id] == TrialState.RUNNING
+    # A retry after a lost reply: reported stored again, nothing written twice, no second claim.
+    again, none = complete_pack(db, [(a, results[0]), (c, results[2])], WORKER)
+    assert again == [True, True] and none is None
+    after = {r.id: r for r in _rows(db, study.id)}
+    assert after[a.trial_id].finished_at == rows[a.trial_id].finished_at
+    finished = [t for t in optuna.load_study(study_name=study.optuna_study_name, storage=db.url)
+                .trials if t.state == TrialState.COMPLETE]  # fmt: skip
+    assert len(finished) == 2

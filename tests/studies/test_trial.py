@@ -3,6 +3,7 @@ telemetry, the new optimizers and the test split."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Iterator
@@ -147,6 +148,14 @@ def test_result_to_dict_is_json_safe() -> None:
     d = r.to_dict()
     assert d["loss"] is None and d["curve"][0]["train_loss"] is None
     json.dumps(d, allow_nan=False)
+    # Against the standard library's own conversion: every field, each field's value
+    assert set(d) == set(dataclasses.asdict(r))
+    assert d["curve"] == [{"step": 1, "epoch": 1.0, "val_loss": 0.5, "train_loss": None,
+                           "accuracy": None}]  # fmt: skip
+    slim = r.to_dict(exclude=("curve", "bound_stats"))
+    assert slim == {k: v for k, v in d.items() if k not in ("curve", "bound_stats")}
+    with pytest.raises(ValueError, match="exclude"):
+        r.to_dict(exclude=("curv",))
 
 
 def test_budget_total_steps() -> None:
