@@ -156,7 +156,7 @@ def run_optuna_baseline(backend: str, n_trials: int) -> dict[str, float]:
     import optuna
 
     from studies.db.optuna_bridge import distributions_for_spec
-    from studies.spec import TrialConfig, expand_grid
+    from studies.spec import expand_grid
     from studies.trial import run_trial
 
     spec = noop_spec(n_trials)
@@ -172,11 +172,8 @@ def run_optuna_baseline(backend: str, n_trials: int) -> dict[str, float]:
         run_trial(configs[0])  # warm up torch, as the workers' first trial is excluded too
         t = time.perf_counter()
         train = 0.0
-        for _ in configs:
+        for config in configs:  # enqueued trials come out of ask() in order
             trial = study.ask(distributions)
-            config = TrialConfig.model_validate(
-                {**configs[0].model_dump(), **{k: trial.params[k] for k in distributions}}
-            )
             result = run_trial(
                 config, "cpu", report=lambda p, tr=trial: tr.report(p.val_loss, p.step)
             )

@@ -1,9 +1,12 @@
 """The Optuna mirror of each study: same database, one Optuna trial per trial of ours that ran.
 
-Our tables are the source of truth and the queue; Optuna's study (named `adamod-lab-{id}`) is a
-read model for `optuna-dashboard` and `optuna.load_study`. Its value is the capped loss
-min(loss, loss0) (loss0 when diverged), the quantity the robustness analysis ranks; failed trials
-are Optuna FAIL trials; the curve is the trial's intermediate values.
+Our tables are the source of truth and the queue; Optuna's study (named
+`adamod-lab-{id}-{name}`, kept in studies.optuna_study_name) is a read model for
+`optuna-dashboard` and `optuna.load_study`. Its value is the capped loss min(loss, loss0) (loss0
+when diverged), the quantity the robustness analysis ranks, named by Optuna's metric names;
+failed trials are Optuna FAIL trials; the curve is the trial's intermediate values. Only the axes
+that vary in the study are Optuna params; the seed and fixed settings are trial user attributes
+(optuna_params.py); every attribute is a flat scalar.
 
 The Optuna trial follows ours live, each change written in the SAME transaction as ours with a few
 direct statements on Optuna's tables through Optuna's own table definitions (the rows RDBStorage
@@ -40,6 +43,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from studies.db.optuna_params import (
+    METRIC_NAME,
+    METRIC_NAMES_ATTR,
+    distributions_for_spec,
+    optuna_study_name,
+    split_params,
+    study_user_attrs,
+)
 from studies.db.optuna_schema import engine_kwargs, init_optuna_schema
 
 if TYPE_CHECKING:
@@ -49,6 +60,7 @@ if TYPE_CHECKING:
     from studies.db.engine import Database
 
 __all__ = [
+    "METRIC_NAME",
     "OPTUNA_TRIAL_ID_ATTR",
     "READ_ONLY_ATTR",
     "FinishedTrial",
@@ -88,14 +100,16 @@ _direct: dict[str, bool] = {}
 
 @dataclass(frozen=True)
 class StudyHandle:
-    """What writing into one Optuna study needs: its id and the grid's distributions; our study
-    id, its size and the database URL, to forget the handle and renumber foreign trials."""
+    """What writing into one Optuna study needs: its id and the distributions of the axes that
+    vary; our study id, its size, the database URL and the Optuna study's name, to forget the
+    handle, renumber foreign trials and tell a recreated study from a vanished one."""
 
     optuna_study_id: int
     distributions: dict[str, Any]
     study_id: int = 0
     n_trials: int = 0
     url: str = ""
+    name: str = ""
 
 
 @dataclass
@@ -123,25 +137,29 @@ class FinishedTrial:
         value = capped_value(self.state, self.loss, self.loss0)
         return value if value is not None and math.isfinite(value) else None
 
-    def user_attrs(self) -> dict[str, Any]:
-        """Our facts about the trial that Optuna has no field for."""
+    def user_attrs(self, distributions: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Our facts about the trial that Optuna has no field for, flat and scalar; with the
+        study's `distributions`, also the grid coordinates that are not Optuna params (the
+        seed, the fixed settings)."""
         attrs: dict[str, Any] = {
             OPTUNA_TRIAL_ID_ATTR: self.trial_id,
             "state": self.state,
-            "loss": self.loss if self.loss is not None and math.isfinite(self.loss) else None,
-            "loss0": self.loss0,
-            "accuracy": self.accuracy,
-            "worker": self.worker,
+            "loss": _finite(self.loss),
+            "loss0": _finite(self.loss0),
+            "accuracy": _finite(self.accuracy),
             "attempts": self.attempts,
         }
+        for key in ("host", "pid", "device"):
+            attrs[f"worker_{key}"] = (self.worker or {}).get(key)
         if self.error:
             attrs["error"] = self.error[:2000]
+        if distributions is not None:
+            attrs.update(split_params(self.params, distributions)[1])
         return attrs
 
 
-def optuna_study_name(study_id: int) -> str:
-    """The name of the Optuna study that mirrors our study `study_id`."""
-    return f"adamod-lab-{study_id}"
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
 
 
 def capped_value(state: str, loss: float | None, loss0: float | None) -> float | None:
@@ -189,38 +207,13 @@ def direct_writes(url: str) -> bool:
     return known
 
 
-def distributions_for_spec(spec: dict[str, Any]) -> dict[str, Any]:
-    """Optuna distributions of the grid axes of a normalized StudySpec dict."""
-    from optuna.distributions import CategoricalDistribution, FloatDistribution
-
-    from studies.spec import BOUNDED_OPTIMIZERS, LrGrid, resolve_warmup
-
-    lrs = LrGrid.model_validate(spec["lr"]).values()
-    optimizers = list(spec["optimizers"])
-    beta3: list[Any] = []
-    if any(o in BOUNDED_OPTIMIZERS for o in optimizers):
-        beta3.extend(float(b) for b in spec["beta3"])
-    if any(o not in BOUNDED_OPTIMIZERS for o in optimizers):
-        beta3.append(None)  # Adam and friends have no beta3
-    # The spec keeps "auto" as written; trials carry the resolved number of steps.
-    beta2 = float(spec.get("betas", (0.9, 0.999))[1])
-    distributions = {
-        "lr": FloatDistribution(min(lrs), max(lrs), log=True),
-        "optimizer": CategoricalDistribution(optimizers),
-        "beta3": CategoricalDistribution(beta3),
-        "warmup_steps": CategoricalDistribution(
-            [resolve_warmup(w, beta2) for w in spec["warmup_steps"]]
-        ),
-        "seed": CategoricalDistribution(list(range(int(spec["seeds"])))),
+def _read_only_attrs(study_id: int) -> dict[str, Any]:
+    # Optuna has no read-only flag: these tell clients (and people) that writes are ours.
+    return {
+        READ_ONLY_ATTR: f"read-only mirror of adamod-lab study {study_id}: do not add trials",
+        "read_only": True,
+        "managed_by": "adamod-lab",
     }
-    if "schedule" in spec:
-        # Studies stored before schedules existed have none (and their trials no such param).
-        distributions["schedule"] = CategoricalDistribution(list(spec["schedule"]))
-    return distributions
-
-
-def _read_only_attr(study_id: int) -> dict[str, Any]:
-    return {"read_only": True, "managed_by": "adamod-lab", "study_id": study_id}
 
 
 def _n_trials(storage: Any, study_id: int) -> int:
@@ -236,38 +229,76 @@ def _n_trials(storage: Any, study_id: int) -> int:
     return int(n or 0)
 
 
-def _create_or_find(url: str, study_id: int, spec: dict[str, Any]) -> tuple[int, bool]:
-    """The Optuna study's id, and whether this call created it."""
+def _create_or_find(url: str, study_id: int, spec: dict[str, Any], name: str) -> tuple[int, bool]:
+    """The Optuna study's id, and whether this call created it (with its attributes)."""
     import optuna
     from optuna.exceptions import DuplicatedStudyError
 
     storage = get_storage(url)
-    name = optuna_study_name(study_id)
     try:
         optuna_id = storage.create_new_study(
             directions=[optuna.study.StudyDirection.MINIMIZE], study_name=name
         )
     except DuplicatedStudyError:
         return storage.get_study_id_from_name(name), False
-    storage.set_study_user_attr(optuna_id, "adamod_lab_study_id", study_id)
-    storage.set_study_user_attr(optuna_id, "workload", spec.get("workload"))
-    storage.set_study_user_attr(optuna_id, "value", "capped validation loss min(loss, loss0)")
-    # Optuna has no read-only flag: this tells clients (and people) that writes are ours.
-    storage.set_study_user_attr(optuna_id, READ_ONLY_ATTR, _read_only_attr(study_id))
+    user_attrs = {**study_user_attrs(study_id, spec), **_read_only_attrs(study_id)}
+    # What Study.set_metric_names writes (dashboard: "capped validation loss", not "Objective 0").
+    system_attrs = {METRIC_NAMES_ATTR: [METRIC_NAME]}
+    if direct_writes(url):
+        _insert_study_attrs(storage, optuna_id, user_attrs, system_attrs)
+    else:
+        for key, value in user_attrs.items():
+            storage.set_study_user_attr(optuna_id, key, value)
+        for key, value in system_attrs.items():
+            storage.set_study_system_attr(optuna_id, key, value)
     return optuna_id, True
 
 
+def _insert_study_attrs(
+    storage: Any, optuna_id: int, user_attrs: dict[str, Any], system_attrs: dict[str, Any]
+) -> None:
+    """The study's attributes in one transaction: the rows set_study_user_attr and
+    set_study_system_attr write, one INSERT each instead of one transaction per attribute."""
+    from optuna.storages._rdb import models
+    from sqlalchemy import insert
+
+    with storage.engine.begin() as connection:
+        for table, attrs in (
+            (models.StudyUserAttributeModel.__table__, user_attrs),
+            (models.StudySystemAttributeModel.__table__, system_attrs),
+        ):
+            connection.execute(
+                insert(table),
+                [
+                    {"study_id": optuna_id, "key": key, "value_json": json.dumps(value)}
+                    for key, value in attrs.items()
+                ],
+            )
+
+
 def create_optuna_study(
-    url: str, study_id: int, spec: dict[str, Any], *, n_trials: int | None = None
+    url: str,
+    study_id: int,
+    spec: dict[str, Any],
+    *,
+    n_trials: int | None = None,
+    name: str | None = None,
 ) -> StudyHandle:
-    """Creates (or finds) the Optuna study mirroring ours (its own short transactions)."""
-    optuna_id, _ = _create_or_find(url, study_id, spec)
+    """Creates (or finds) the Optuna study mirroring ours (its own short transactions), named
+    `name` (default: optuna_study_name(study_id, spec's name), what create_study stores)."""
+    name = name or optuna_study_name(study_id, spec.get("name"))
+    optuna_id, _ = _create_or_find(url, study_id, spec, name)
     if n_trials is None:
         n_trials = _n_trials(get_storage(url), study_id)
-    handle = StudyHandle(optuna_id, distributions_for_spec(spec), study_id, n_trials, url)
+    handle = StudyHandle(optuna_id, distributions_for_spec(spec), study_id, n_trials, url, name)
     with _lock:
         _handles[(url, study_id)] = handle
     return handle
+
+
+def _handle_name(handle: StudyHandle) -> str:
+    # Handles built before names were stored on them (none in this code) fall back to the id.
+    return handle.name or optuna_study_name(handle.study_id)
 
 
 def _report_once(url: str, kind: str, ident: int, message: str, *args: Any) -> None:
@@ -318,7 +349,7 @@ def _study_missing(session: Session, handle: StudyHandle) -> None:
     _forget(handle.url, handle.study_id, handle.optuna_study_id)
     studies = models.StudyModel.__table__
     recreated = session.execute(
-        select(studies.c.study_id).where(studies.c.study_name == optuna_study_name(handle.study_id))
+        select(studies.c.study_id).where(studies.c.study_name == _handle_name(handle))
     ).scalar_one_or_none()
     if recreated is not None:
         return  # only this process's handle was stale
@@ -328,7 +359,7 @@ def _study_missing(session: Session, handle: StudyHandle) -> None:
         handle.optuna_study_id,
         "Optuna study %s (id %d) is gone (deleted?): its writes are skipped until it is "
         "recreated; sync_optuna mirrors every finished trial again",
-        optuna_study_name(handle.study_id),
+        _handle_name(handle),
         handle.optuna_study_id,
     )
     session.execute(
@@ -364,15 +395,18 @@ def study_handle(db: Database, study_id: int, *, validate: bool = False) -> Stud
     from studies.db.models import StudyRow, TrialRow
 
     with db.session(readonly=True) as session:
-        spec, n_trials = session.execute(
-            select(StudyRow.spec, StudyRow.n_trials).where(StudyRow.id == study_id)
+        spec, n_trials, stored_name = session.execute(
+            select(StudyRow.spec, StudyRow.n_trials, StudyRow.optuna_study_name).where(
+                StudyRow.id == study_id
+            )
         ).one()
         mirrored = session.execute(
             select(TrialRow.id)
             .where(TrialRow.study_id == study_id, TrialRow.optuna_trial_id.is_not(None))
             .limit(1)
         ).scalar_one_or_none()
-    optuna_id, created = _create_or_find(db.url, study_id, spec)
+    name = stored_name or optuna_study_name(study_id)
+    optuna_id, created = _create_or_find(db.url, study_id, spec, name)
     if created and mirrored is not None:
         # Recreated after a deletion: its Optuna trials went with it; sync_optuna writes them.
         with _lock:  # SQLite may reuse the ids: a later deletion is news again
@@ -385,7 +419,7 @@ def study_handle(db: Database, study_id: int, *, validate: bool = False) -> Stud
             "recreated",
             optuna_id,
             "Optuna study %s recreated (id %d): finished trials are mirrored again by sync_optuna",
-            optuna_study_name(study_id),
+            name,
             optuna_id,
         )
         with db.session() as session:
@@ -395,7 +429,9 @@ def study_handle(db: Database, study_id: int, *, validate: bool = False) -> Stud
                 .values(optuna_final=False),
                 execution_options={"synchronize_session": False},
             )
-    handle = StudyHandle(optuna_id, distributions_for_spec(spec), study_id, int(n_trials), db.url)
+    handle = StudyHandle(
+        optuna_id, distributions_for_spec(spec), study_id, int(n_trials), db.url, name
+    )
     with _lock:
         _handles[(db.url, study_id)] = handle
     return handle
@@ -414,18 +450,21 @@ def handle_in_session(session: Session, url: str, study_id: int) -> StudyHandle 
 
     from studies.db.models import StudyRow
 
+    spec, n_trials, stored_name = session.execute(
+        select(StudyRow.spec, StudyRow.n_trials, StudyRow.optuna_study_name).where(
+            StudyRow.id == study_id
+        )
+    ).one()
+    name = stored_name or optuna_study_name(study_id)
     # Inside a SQLite write transaction another connection cannot write, so no creation here.
     optuna_id = session.execute(
-        select(models.StudyModel.study_id).where(
-            models.StudyModel.study_name == optuna_study_name(study_id)
-        )
+        select(models.StudyModel.study_id).where(models.StudyModel.study_name == name)
     ).scalar_one_or_none()
     if optuna_id is None:
         return None
-    spec, n_trials = session.execute(
-        select(StudyRow.spec, StudyRow.n_trials).where(StudyRow.id == study_id)
-    ).one()
-    handle = StudyHandle(int(optuna_id), distributions_for_spec(spec), study_id, int(n_trials), url)
+    handle = StudyHandle(
+        int(optuna_id), distributions_for_spec(spec), study_id, int(n_trials), url, name
+    )
     if not study_alive(session, handle):  # takes the lock
         return None
     with _lock:
@@ -475,18 +514,23 @@ def _insert_trial_row(
         )
         .returning(trials.c.trial_id)
     ).scalar_one()
-    session.execute(
-        insert(models.TrialParamModel.__table__),
-        [
-            {
-                "trial_id": optuna_trial_id,
-                "param_name": name,
-                "param_value": distribution.to_internal_repr(params.get(name)),
-                "distribution_json": distribution_to_json(distribution),
-            }
-            for name, distribution in handle.distributions.items()
-        ],
-    )
+    # Only the study's varying axes the trial has a value for (Adam trials lack β3); the seed
+    # and the fixed settings become user attributes, visible while the trial runs.
+    optuna_params, attrs = split_params(params, handle.distributions)
+    if optuna_params:
+        session.execute(
+            insert(models.TrialParamModel.__table__),
+            [
+                {
+                    "trial_id": optuna_trial_id,
+                    "param_name": name,
+                    "param_value": handle.distributions[name].to_internal_repr(value),
+                    "distribution_json": distribution_to_json(handle.distributions[name]),
+                }
+                for name, value in optuna_params.items()
+            ],
+        )
+    _upsert_trial_attrs(session, int(optuna_trial_id), attrs)
     return int(optuna_trial_id)
 
 
@@ -516,7 +560,7 @@ def _move_foreign_trials(session: Session, handle: StudyHandle, number: int) -> 
         log.warning(
             "Optuna study %s: trial %d (added by an Optuna client) held grid number %d; "
             "renumbered %d (the study is read-only for Optuna clients)",
-            optuna_study_name(handle.study_id),
+            _handle_name(handle),
             trial_id,
             number,
             moved_to,
@@ -691,7 +735,11 @@ def _upsert_intermediate(session: Session, optuna_trial_id: int, points: dict[in
 
 
 def _write_result(
-    session: Session, optuna_trial_id: int, trial: FinishedTrial, written_steps: set[int]
+    session: Session,
+    handle: StudyHandle,
+    optuna_trial_id: int,
+    trial: FinishedTrial,
+    written_steps: set[int],
 ) -> None:
     # Upserts: writing a trial's result twice (sync_optuna after a recreated mirror, a value or
     # attribute an Optuna client set) overwrites instead of failing on Optuna's unique keys.
@@ -727,10 +775,21 @@ def _write_result(
         optuna_trial_id,
         {step: v for step, v in trial.intermediate.items() if step not in written_steps},
     )
+    _upsert_trial_attrs(session, optuna_trial_id, trial.user_attrs(handle.distributions))
+
+
+def _upsert_trial_attrs(session: Session, optuna_trial_id: int, values: dict[str, Any]) -> None:
+    """Writes (or overwrites) user attributes of an Optuna trial in the caller's transaction."""
+    if not values:
+        return
+    from optuna.storages._rdb import models
+    from sqlalchemy import delete, insert
+
+    upsert = _dialect_upsert(session)
     attrs_table = models.TrialUserAttributeModel.__table__
     attrs = [
         {"trial_id": optuna_trial_id, "key": key, "value_json": json.dumps(attr)}
-        for key, attr in trial.user_attrs().items()
+        for key, attr in values.items()
     ]
     if upsert is None:
         session.execute(
@@ -766,7 +825,7 @@ def insert_finished_trial(session: Session, handle: StudyHandle, trial: Finished
         trial.started_at,
         trial.finished_at,
     )
-    _write_result(session, optuna_trial_id, trial, set())
+    _write_result(session, handle, optuna_trial_id, trial, set())
     return optuna_trial_id
 
 
@@ -804,7 +863,7 @@ def finish_trial(
     if updated != 1:  # its row is gone (deleted by hand): write the whole trial again
         _trial_missing(handle.url, optuna_trial_id)
         return insert_finished_trial(session, handle, trial)
-    _write_result(session, optuna_trial_id, trial, written_steps or set())
+    _write_result(session, handle, optuna_trial_id, trial, written_steps or set())
     return optuna_trial_id
 
 
@@ -817,6 +876,7 @@ def record_trial(db: Database, study_id: int, trial: FinishedTrial) -> int:
 
     handle = study_handle(db, study_id)
     value = trial.value()
+    optuna_params, _ = split_params(trial.params, handle.distributions)
     local = {
         "start": _utc_naive(trial.started_at or trial.finished_at),
         "end": _utc_naive(trial.finished_at),
@@ -828,9 +888,9 @@ def record_trial(db: Database, study_id: int, trial: FinishedTrial) -> int:
         values=None,
         datetime_start=local["start"].replace(tzinfo=UTC).astimezone().replace(tzinfo=None),
         datetime_complete=local["end"].replace(tzinfo=UTC).astimezone().replace(tzinfo=None),
-        params={k: trial.params.get(k) for k in handle.distributions},
-        distributions=handle.distributions,
-        user_attrs=trial.user_attrs(),
+        params=optuna_params,
+        distributions={k: handle.distributions[k] for k in optuna_params},
+        user_attrs=trial.user_attrs(handle.distributions),
         system_attrs={},
         intermediate_values=trial.intermediate,
         trial_id=0,

@@ -144,7 +144,9 @@ def create_study(db: Database, spec: StudySpec, *, idempotency_key: str | None =
             )
             session.add(study)
             session.flush()
-            study.optuna_study_name = optuna_study_name(study.id)
+            # Readable in optuna-dashboard, unique by the id; the bridge finds it by this column.
+            mirror_name = optuna_study_name(study.id, spec.name)
+            study.optuna_study_name = mirror_name
             rows = []
             for number, config in enumerate(configs):
                 data = config.model_dump(mode="json")
@@ -173,7 +175,7 @@ def create_study(db: Database, spec: StudySpec, *, idempotency_key: str | None =
             raise
         return existing
     try:
-        create_optuna_study(db.url, study_id, spec_dict)
+        create_optuna_study(db.url, study_id, spec_dict, n_trials=len(configs), name=mirror_name)
     except Exception:
         # Never leave a study that cannot be mirrored: undo ours, then report the error.
         with db.session() as session:

@@ -175,19 +175,22 @@ def test_sync_recreates_a_mirror_deleted_after_the_study_finished(database_url: 
     assert sync_optuna(db, older_than_s=0) == view.n_trials
     _assert_mirrored_whole(db, view.id)
     study = optuna.load_study(study_name=view.optuna_study_name, storage=db.url)
-    assert study.user_attrs[READ_ONLY_ATTR]["read_only"] is True  # recreated with its attributes
+    assert study.user_attrs["read_only"] is True  # recreated with its attributes
+    assert study.user_attrs["name"] == "noop study"
+    assert study.metric_names == ["capped validation loss"]
 
 
 def test_mirror_is_marked_read_only_for_optuna_clients(database_url: str) -> None:
     db = migrated(database_url)
     view = create_study(db, noop_spec(n_lr=1, seeds=1))
     study = optuna.load_study(study_name=view.optuna_study_name, storage=db.url)
-    assert study.user_attrs[READ_ONLY_ATTR] == {
-        "read_only": True,
-        "managed_by": "adamod-lab",
-        "study_id": view.id,
-    }
-    assert study.user_attrs["adamod_lab_study_id"] == view.id
+    attrs = study.user_attrs
+    assert (
+        attrs[READ_ONLY_ATTR]
+        == f"read-only mirror of adamod-lab study {view.id}: do not add trials"
+    )
+    assert attrs["read_only"] is True and attrs["managed_by"] == "adamod-lab"
+    assert attrs["adamod_lab_study_id"] == view.id
 
 
 def test_ask_from_an_optuna_client_never_takes_a_grid_number(database_url: str) -> None:

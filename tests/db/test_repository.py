@@ -35,7 +35,7 @@ def test_create_and_read_back(database_url: str) -> None:
     assert view.status == "queued"
     assert view.progress["total"] == 12 and view.progress["queued"] == 12
     assert view.spec == spec.model_dump(mode="json")
-    assert view.optuna_study_name == f"adamod-lab-{view.id}"
+    assert view.optuna_study_name == f"adamod-lab-{view.id}-noop study"
     assert view.started_at is None and view.finished_at is None
 
     again = get_study(db, view.id)

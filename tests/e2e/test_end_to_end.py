@@ -97,7 +97,10 @@ def test_digits_study_end_to_end(database_url: str, tmp_path) -> None:  # type: 
     def grid_point(params: dict) -> tuple:
         return (params["optimizer"], float(f"{params['lr']:.12g}"), params["seed"])
 
-    assert {grid_point(t.params) for t in finished} == {grid_point(t["params"]) for t in trials}
+    # Only the varying axes are Optuna params; the seed and fixed settings are user attributes.
+    assert {grid_point({**t.user_attrs, **t.params}) for t in finished} == {
+        grid_point(t["params"]) for t in trials
+    }
     ours = {t["number"]: t for t in trials}
     values = sorted(t.value for t in finished)
     expected = sorted(
