@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from service.errors import printable_text, validation_details
 from studies.spec import StudySpec
+from studies.spec_suggest import suggest_fields
 
 # A body with thousands of bad strings needs only the first few named to be fixed.
 MAX_TEXT_ERRORS = 20
@@ -97,7 +98,8 @@ def validate_spec(data: Any, *, max_trials: int) -> StudySpec:
     try:
         spec = StudySpec.model_validate(data, context={"max_trials": max_trials})
     except ValidationError as exc:
-        raise RequestValidationError(validation_details(exc.errors(), prefix=("body",))) from None
+        errors = suggest_fields(exc.errors(), data)  # "did you mean 'seeds'?" for `seed`
+        raise RequestValidationError(validation_details(errors, prefix=("body",))) from None
     return spec
 
 

@@ -11,7 +11,11 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 
 
 class ApiError(RuntimeError):
-    """The server answered with an error status (or could not be reached)."""
+    """The server answered with an error status (or could not be reached: status None)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class Client:
@@ -38,7 +42,10 @@ class Client:
                 detail: Any = response.json().get("detail", response.text)
             except ValueError:
                 detail = response.text
-            raise ApiError(f"{method} {path} -> {response.status_code}: {_format_detail(detail)}")
+            raise ApiError(
+                f"{method} {path} -> {response.status_code}: {_format_detail(detail)}",
+                status=response.status_code,
+            )
         return response
 
     def submit(self, spec: dict[str, Any], idempotency_key: str | None = None) -> dict[str, Any]:
@@ -49,6 +56,19 @@ class Client:
     def study(self, study_id: int) -> dict[str, Any]:
         """GET /studies/{id}."""
         return self.request("GET", f"/studies/{study_id}").json()
+
+    def studies(
+        self, status: str | None = None, limit: int = 50, offset: int = 0
+    ) -> list[dict[str, Any]]:
+        """GET /studies: one page, newest first, optionally only those in ``status``."""
+        params: dict[str, Any] = {"limit": limit, "offset": offset}
+        if status is not None:
+            params["status"] = status
+        return self.request("GET", "/studies", params=params).json()
+
+    def cancel(self, study_id: int) -> dict[str, Any]:
+        """DELETE /studies/{id}: the cancelled StudyOut."""
+        return self.request("DELETE", f"/studies/{study_id}").json()
 
     def report(self, study_id: int) -> dict[str, Any]:
         """GET /studies/{id}/report."""

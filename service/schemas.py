@@ -5,7 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from studies.spec_floats import restore_spec_floats
 
 StudyStatus = Literal["queued", "running", "completed", "cancelled", "failed"]
 TrialState = Literal["queued", "running", "completed", "diverged", "failed", "cancelled"]
@@ -100,8 +102,13 @@ class StudyOut(BaseModel):
                     "spec": STUDY_SPEC_EXAMPLE,
                     "n_trials": 126,
                     "progress": {
-                        "total": 126, "queued": 100, "running": 2, "completed": 23,
-                        "diverged": 1, "failed": 0, "cancelled": 0,
+                        "total": 126,
+                        "queued": 100,
+                        "running": 2,
+                        "completed": 23,
+                        "diverged": 1,
+                        "failed": 0,
+                        "cancelled": 0,
                     },
                     "created_at": "2026-01-01T12:00:00Z",
                     "started_at": "2026-01-01T12:00:01Z",
@@ -129,6 +136,12 @@ class StudyOut(BaseModel):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     links: StudyLinks
+
+    @field_validator("spec")
+    @classmethod
+    def _floats_as_sent(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # PostgreSQL's JSONB reads 1e25 back as the int 10000000000000000000000000.
+        return restore_spec_floats(value)
 
 
 class TrialOut(BaseModel):

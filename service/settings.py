@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from typing import Annotated
 
@@ -41,6 +42,10 @@ class Settings(BaseSettings):
         default=60.0, ge=0, description="How long start-up waits for the database to come up."
     )
     report_cache_size: int = Field(default=16, ge=0, description="Reports kept in memory.")
+    allow_no_auth: bool = Field(
+        default=False,
+        description="Serve beyond loopback without tokens anyway (behind a proxy that checks).",
+    )
 
     @field_validator("api_tokens", mode="before")
     @classmethod
@@ -67,3 +72,28 @@ class Settings(BaseSettings):
         if not value.strip():
             raise ValueError("database_url must not be empty")
         return value.strip()
+
+
+def is_loopback(host: str) -> bool:
+    """True when ``host`` is only reachable from this machine (127.0.0.0/8, ::1, localhost)."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:  # a host name other than localhost may resolve to anything
+        return False
+
+
+def exposure_problem(settings: Settings) -> str | None:
+    """Why the server must not start as configured: beyond loopback with no tokens; else None.
+
+    Anyone who can reach such a server could submit and cancel studies; say how to fix it.
+    """
+    if settings.api_tokens or settings.allow_no_auth or is_loopback(settings.host):
+        return None
+    return (
+        f"refusing to serve on {settings.host} without API tokens: anyone who can reach it "
+        "could submit and cancel studies. Set ADAMOD_LAB_API_TOKENS (comma-separated bearer "
+        "tokens), bind to 127.0.0.1, or pass --allow-no-auth (env ADAMOD_LAB_ALLOW_NO_AUTH=1) "
+        "when something in front of it checks who calls"
+    )

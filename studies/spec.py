@@ -197,6 +197,11 @@ class LrGrid(BaseModel):
     def _one_form(cls, data: Any) -> Any:
         if not isinstance(data, dict):
             return data
+        if set(data) - {"min", "max", "points", "values", "explicit"}:
+            # An unknown key (`point`, `value`) is the mistake to report: pydantic's
+            # extra_forbidden names it (and spec_suggest the field meant), where the form check
+            # would only say that a key is missing.
+            return data
         ranged = [k for k in ("min", "max", "points") if data.get(k) is not None]
         if data.get("values", data.get("explicit")) is not None:
             if ranged:

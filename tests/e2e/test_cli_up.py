@@ -13,31 +13,51 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.processes import free_port, spawn, wait_healthy
+from service.processes import free_port, running_server, spawn, wait_healthy
 from tests.e2e.procfs import SPEC_YAML, alive, children
 
 pytestmark = pytest.mark.slow
 
 
-
 def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "service", *args],
-        capture_output=True, text=True, timeout=120, env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
     )
 
 
 def test_up_submit_wait_report_and_ctrl_c(tmp_path: Path) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "ADAMOD_LAB_API_TOKENS": "cli-token", "ADAMOD_LAB_PROTECT_READS": "1",
-           "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "ADAMOD_LAB_API_TOKENS": "cli-token",
+        "ADAMOD_LAB_PROTECT_READS": "1",
+        "OMP_NUM_THREADS": "1",
+    }
     env.pop("ADAMOD_LAB_DATABASE_URL", None)
     log = open(tmp_path / "up.log", "wb")  # noqa: SIM115
     up = spawn(
-        [sys.executable, "-m", "service", "up", "--workers", "2", "--port", str(port),
-         "--data-dir", str(tmp_path / "data"), "--device", "cpu"],
-        env, stdout=log, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "service",
+            "up",
+            "--workers",
+            "2",
+            "--port",
+            str(port),
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--device",
+            "cpu",
+        ],
+        env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     try:
         assert wait_healthy(url, up, timeout=120), (tmp_path / "up.log").read_text()
@@ -85,3 +105,41 @@ def test_up_submit_wait_report_and_ctrl_c(tmp_path: Path) -> None:
             up.kill()
             up.wait()
         log.close()
+
+
+def test_up_refuses_a_port_another_server_holds(tmp_path: Path) -> None:
+    # Another healthy API on the port: its /healthz used to make `up` report "is up" while its
+    # own API failed to bind.
+    with running_server(f"sqlite:///{tmp_path / 'other.db'}") as other:
+        port = int(other.rsplit(":", 1)[1])
+        result = _cli(
+            "up",
+            "--workers",
+            "1",
+            "--port",
+            str(port),
+            "--data-dir",
+            str(tmp_path / "data"),
+            env={**os.environ},
+        )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"port {port} on 127.0.0.1 is already in use" in result.stderr
+    assert "is up" not in result.stdout
+    assert not (tmp_path / "data" / "adamod_lab.db").exists()  # nothing was started
+
+
+def test_up_names_the_database_error(postgres_url: str) -> None:
+    missing = postgres_url.rsplit("/", 1)[0] + "/adamod_lab_no_such_db"
+    result = _cli(
+        "up",
+        "--workers",
+        "1",
+        "--port",
+        str(free_port()),
+        "--database-url",
+        missing,
+        env={**os.environ},
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert 'database "adamod_lab_no_such_db" does not exist' in result.stderr
+    assert "Traceback" not in result.stderr and "is up" not in result.stdout

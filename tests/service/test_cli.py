@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 from service.cli import build_parser, main
+from service.version import __version__
 
-COMMANDS = ("serve", "up", "submit", "status", "report")
+COMMANDS = ("serve", "up", "submit", "status", "list", "cancel", "report")
 
 
 def test_top_level_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
@@ -70,3 +71,35 @@ def test_serve_names_an_invalid_setting(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setenv("ADAMOD_LAB_MAX_TRIALS", "zero")
     with pytest.raises(SystemExit, match="ADAMOD_LAB_MAX_TRIALS"):
         main(["serve"])
+
+
+def test_version_is_the_packages(capsys: pytest.CaptureFixture[str]) -> None:
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"adamod-lab {__version__}"
+    assert __version__ == version("adamod-lab")  # the installed distribution says the same
+
+
+@pytest.mark.parametrize("argv", [["cancel"], ["cancel", "x"], ["list", "--limit", "many"]])
+def test_new_commands_check_their_arguments(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert "error" in capsys.readouterr().err
+
+
+def test_list_limit_must_be_positive() -> None:
+    with pytest.raises(SystemExit, match="--limit must be >= 1"):
+        main(["list", "--limit", "0", "--url", "http://127.0.0.1:9"])
+
+
+def test_cli_statuses_are_the_apis() -> None:
+    from service.cli import STUDY_STATUSES
+    from service.schemas import STUDY_STATUSES as API_STATUSES
+
+    assert STUDY_STATUSES == API_STATUSES
