@@ -14,7 +14,7 @@ from fastapi.concurrency import run_in_threadpool
 from service.errors import install_error_handlers
 from service.middleware import BodySizeLimitMiddleware
 from service.reportcache import ReportCache
-from service.routes import compare, health, reports, studies, workloads
+from service.routes import compare, docs, health, reports, studies, ui, workloads
 from service.settings import Settings
 from service.version import __version__
 from studies.db import Database
@@ -68,12 +68,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # served from local assets by service.routes.docs
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.report_cache = ReportCache(settings.report_cache_size)
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     install_error_handlers(app)
-    for module in (studies, reports, compare, workloads, health):
+    for module in (studies, reports, compare, workloads, health, ui, docs):
         app.include_router(module.router)
     _add_spec_schema(app)
     return app
