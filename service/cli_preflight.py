@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import re
 import socket
+import sys
 import time
 
 from sqlalchemy.engine import make_url
@@ -63,11 +64,14 @@ def safe_url(url: str) -> str:
         return "the configured database URL"
 
 
-def database_problem(url: str, wait_s: float = 0.0) -> str | None:
+def database_problem(url: str, wait_s: float = 0.0, *, wait_on_refusal: bool = False) -> str | None:
     """Why ``url`` cannot be opened (one connection, SELECT 1), or None when it can.
 
     A connection that is refused is retried, with backoff, for up to ``wait_s`` seconds (a
-    database container still starting); an answer that refuses us is reported at once.
+    database container still starting); an answer that refuses us (no such database, wrong
+    password) is reported at once, unless ``wait_on_refusal``: a server started beside its
+    database (compose, Kubernetes) may ask before the database is created, so `serve` waits for
+    that too, saying why on stderr each time the reason changes.
     """
     from sqlalchemy import text
 
@@ -81,6 +85,7 @@ def database_problem(url: str, wait_s: float = 0.0) -> str | None:
         return f"cannot create the directory of {safe_url(url)}: {exc.strerror}"
     deadline = time.monotonic() + wait_s
     delay = 0.2
+    last_message = ""
     try:
         while True:
             try:
@@ -89,8 +94,16 @@ def database_problem(url: str, wait_s: float = 0.0) -> str | None:
                 return None
             except Exception as exc:
                 message = driver_message(exc)
-                if _permanent(message) or time.monotonic() + delay > deadline:
-                    return f"cannot open the database {safe_url(url)}: {message}"
+                problem = f"cannot open the database {safe_url(url)}: {message}"
+                if _permanent(message) and not wait_on_refusal:
+                    return problem
+                if time.monotonic() + delay > deadline:
+                    return (
+                        f"database not ready after {wait_s:.0f}s: {problem}" if wait_s else problem
+                    )
+                if message != last_message:
+                    print(f"database not ready ({message}); retrying", file=sys.stderr)
+                    last_message = message
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
     finally:

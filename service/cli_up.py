@@ -56,9 +56,11 @@ def serve(args: argparse.Namespace) -> int:
         problem = port_problem(settings.host, settings.port)
         if problem is not None:
             raise SystemExit(f"adamod-lab serve: {problem}")
-    # Waits (as start-up does) while the server refuses connections; a database that answers
-    # "no" (does not exist, wrong password) is reported at once, in the driver's words.
-    problem = database_problem(settings.database_url, wait_s=settings.db_wait_seconds)
+    # Waits (as start-up does) while the database cannot be opened, even when it answers "no"
+    # (it may not be created yet beside this server); gives up naming the driver's words.
+    problem = database_problem(
+        settings.database_url, wait_s=settings.db_wait_seconds, wait_on_refusal=True
+    )
     if problem is not None:
         raise SystemExit(f"adamod-lab serve: {problem}")
 

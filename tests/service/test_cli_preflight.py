@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -82,6 +83,12 @@ def test_database_problem_quotes_postgresqls_own_words(postgres_url: str) -> Non
     problem = database_problem(missing, wait_s=30)  # a refusal is reported at once, not retried
     assert problem is not None
     assert 'database "adamod_lab_no_such_db" does not exist' in problem
+    # serve's way: a refusal is waited out too (the database may be created beside it), then
+    # named; a short wait here, so the test measures the retrying, not the 30 s above.
+    started = time.monotonic()
+    waited = database_problem(missing, wait_s=1.0, wait_on_refusal=True)
+    assert waited is not None and "does not exist" in waited
+    assert time.monotonic() - started >= 0.5
 
 
 def test_database_problem_on_sqlite(tmp_path: Path) -> None:
