@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value, vmap
 
 from studies.optimizers import build_pack_optimizer
+from studies.pack_size import MAX_PACK_SIZE, parse_pack_size
 from studies.spec import TrialConfig
 from studies.trial import lr_multiplier, prepare_problem, resolve_device
 from studies.trial_result import (
@@ -54,28 +55,12 @@ __all__ = [
     "run_pack",
 ]
 
-MAX_PACK_SIZE = 64
 # Bytes per parameter element and member during training: the parameter, its gradient, up to
 # four optimizer state tensors, the frozen copy and vmap's temporaries.
 _BYTES_PER_PARAM_COPY = 10
 _MEMORY_SHARE = 0.25  # of the memory available now, what a pack may plan to use
 
 Report = Callable[[int, EvalPoint], bool | None]
-
-
-def parse_pack_size(text: str) -> int | None:
-    """A --pack-size value: "auto" (None: the memory estimate) or an integer in 1..64."""
-    if text.strip().lower() == "auto":
-        return None
-    try:
-        size = int(text)
-    except ValueError:
-        size = 0
-    if not 1 <= size <= MAX_PACK_SIZE:
-        raise ValueError(
-            f"--pack-size: must be auto or an integer in 1..{MAX_PACK_SIZE}, got {text!r}"
-        )
-    return size
 
 
 def packable(config: TrialConfig) -> bool:

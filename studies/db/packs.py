@@ -32,6 +32,7 @@ from studies.db.queue import (
     record_evaluations,
     renew_leases,
 )
+from studies.pack_size import MAX_PACK_SIZE, check_pack_size
 
 __all__ = [
     "MAX_PACK_SIZE",
@@ -41,23 +42,6 @@ __all__ = [
     "record_evaluations",
     "renew_leases",
 ]
-
-# The most trials one pack may hold (the pack runner's memory estimate never asks for more).
-MAX_PACK_SIZE = 64
-
-
-def check_pack_size(pack_size: int) -> int:
-    """pack_size, if it is an integer from 1 to MAX_PACK_SIZE; ValueError naming it otherwise."""
-    if (
-        isinstance(pack_size, bool)
-        or not isinstance(pack_size, int)
-        or not 1 <= pack_size <= MAX_PACK_SIZE
-    ):
-        raise ValueError(
-            f"pack_size: must be an integer from 1 to {MAX_PACK_SIZE} (got {pack_size!r})"
-        )
-    return pack_size
-
 
 def claim_next_pack(
     db: Database,
