@@ -14,7 +14,7 @@ from fastapi.concurrency import run_in_threadpool
 from service.errors import install_error_handlers
 from service.middleware import BodySizeLimitMiddleware
 from service.reportcache import ReportCache
-from service.routes import compare, docs, health, reports, studies, ui, workloads
+from service.routes import compare, docs, health, metrics, reports, studies, ui, workers, workloads
 from service.settings import Settings
 from service.version import __version__
 from studies.db import Database
@@ -74,8 +74,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.report_cache = ReportCache(settings.report_cache_size)
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(metrics.MetricsMiddleware)
     install_error_handlers(app)
-    for module in (studies, reports, compare, workloads, health, ui, docs):
+    for module in (studies, reports, compare, workloads, health, ui, docs, workers, metrics):
         app.include_router(module.router)
     _add_spec_schema(app)
     return app

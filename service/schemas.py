@@ -166,6 +166,14 @@ class TrialOut(BaseModel):
     bound_stats: dict[str, Any] | None = Field(
         default=None, description="AdaMod/DiffMod bound telemetry (bounded optimizers only)."
     )
+    pack_size: int | None = Field(
+        default=None, description="How many trials trained together in one vectorized pack."
+    )
+    reused_from: int | None = Field(
+        default=None,
+        description="The id of the identical earlier trial whose result this one copied "
+        "(the study's `reuse`); null: trained.",
+    )
 
 
 class WorkloadOut(BaseModel):

@@ -329,6 +329,13 @@ class StudySpec(BaseModel):
     priority: Annotated[int, Field(strict=True, ge=-MAX_PRIORITY, le=MAX_PRIORITY)] = Field(
         default=0, description="higher runs first; FIFO within a priority"
     )
+    reuse: Annotated[bool, Field(strict=True)] = Field(
+        default=True,
+        description=(
+            "complete a trial from an identical earlier trial's result (same config, workload "
+            "version, torch version and device type, in any study) instead of training it again"
+        ),
+    )
 
     @field_validator("name")
     @classmethod

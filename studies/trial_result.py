@@ -62,6 +62,9 @@ class TrialResult:
     test_accuracy: float | None = None
     extras: dict[str, Any] = field(default_factory=dict)  # facts from the workload (data, sizes)
     pack_size: int = 1  # how many trials trained together in one vectorized model (1: alone)
+    # The trial (its id in the queue) whose identical result this one copied instead of training
+    # (studies/reuse.py); None: trained.
+    reused_from: int | None = None
 
     def to_dict(self, *, exclude: Collection[str] = ()) -> dict[str, Any]:
         """A JSON-able dict (no NaN or infinity anywhere), without the fields in `exclude`

@@ -38,12 +38,14 @@ from studies.db.queue import (
     release_lease,
     requeue_expired,
 )
+from studies.db.reuse import find_reusable
 from workers.devices import select_device
 from workers.heartbeat import Heartbeat
 from workers.packing import PackReport, PackSizer, check_pack_size_option
 from workers.retry import RetryGaveUp, with_retries
 
 if TYPE_CHECKING:
+    from studies.db.registry import WorkerIdentity
     from studies.trial import TrialResult
 
 __all__ = ["Worker", "WorkerOptions"]
@@ -108,6 +110,7 @@ class Worker:
         self._current: tuple[ClaimedTrial, ...] = ()
         self._watchdog: threading.Thread | None = None
         self._heartbeat: Heartbeat | None = None
+        self._identity: WorkerIdentity | None = None  # the registration (GET /workers)
         self._sweep_interval = max(0.5, min(options.lease_seconds / 2, 30.0))
         self._last_sweep = -math.inf
         self._last_optuna_sync = time.monotonic()
@@ -162,8 +165,21 @@ class Worker:
                 log.info("trial %d handed back: %s", claim.trial_id, handed)
             except Exception as exc:  # the lease will expire instead
                 log.warning("trial %d: hand back failed: %s", claim.trial_id, exc)
+        self._mark_exited()  # os._exit skips run's finally
         logging.shutdown()
         os._exit(0)
+
+    def _mark_exited(self) -> None:
+        """Best effort: a registration not marked shows as lost once its beats stop."""
+        from studies.db.registry import mark_exited
+
+        identity, self._identity = self._identity, None
+        if identity is None:
+            return
+        try:
+            mark_exited(self.db, identity.worker_id)
+        except Exception as exc:
+            log.warning("could not mark worker %s exited: %s", identity.worker_id, exc)
 
     def _sweep(self, *, force_sync: bool = False) -> None:
         """Requeues expired leases (any worker may), and mirrors stragglers in Optuna."""
@@ -192,10 +208,27 @@ class Worker:
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
+        from studies.db.registry import register_worker
+
         log.info("worker %s pid %d on %s", self.info.host, self.info.pid, self.device)
-        heartbeat = Heartbeat(self.db, interval_s=self.options.lease_seconds / 3)
         try:
             self._retry(self.db.migrate, "migrate")
+            identity = self._identity = self._retry(
+                lambda: register_worker(
+                    self.db,
+                    host=self.info.host,
+                    pid=self.info.pid,
+                    device=self.device,
+                    pack_size=self.options.pack_size,
+                ),
+                "register",
+            )
+            heartbeat = Heartbeat(
+                self.db,
+                interval_s=self.options.lease_seconds / 3,
+                registration=identity,
+                stopping=self.shutdown,
+            )
             with heartbeat:
                 self._heartbeat = heartbeat
                 self._loop()
@@ -203,6 +236,7 @@ class Worker:
             log.error("giving up: %s", exc)
             return 3
         finally:
+            self._mark_exited()
             self.db.dispose()
         log.info("worker exiting after %d trial(s)", self.trials_run)
         return 0
@@ -226,9 +260,16 @@ class Worker:
                     break
                 self.shutdown.wait(self.options.poll_interval)
                 continue
-            pack = self._pack_for(claim)
-            self.trials_run += len(pack)
+            claimed = self._pack_for(claim)
+            self.trials_run += len(claimed)
             last = bool(self.options.max_trials and self.trials_run >= self.options.max_trials)
+            pack = self._complete_reused(claimed)
+            if not pack:  # every claimed trial had an identical earlier result
+                self._release_hold()
+                claim = None
+                if last:
+                    break
+                continue
             # The next trial is claimed in the transaction that completes this one (or the
             # pack's last member).
             if len(pack) == 1:
@@ -252,6 +293,29 @@ class Worker:
         return self._retry(
             lambda: extend_pack(self.db, lead, self.info, pack_size=size), "claim pack"
         )
+
+    def _complete_reused(self, claims: list[ClaimedTrial]) -> list[ClaimedTrial]:
+        """Completes the claims that an identical earlier trial's result stands for (studies/db/
+        reuse.py), without training them; returns the claims left to train."""
+        reusable = self._retry(
+            lambda: find_reusable(self.db, claims, self.device), "look up reusable results"
+        )
+        if not reusable:
+            return claims
+        done = [(c, reusable[c.trial_id]) for c in claims if c.trial_id in reusable]
+        stored, _ = self._retry(
+            lambda: complete_pack(self.db, done, None, lease_seconds=self.options.lease_seconds),
+            "complete reused",
+        )
+        for (claim, result), kept in zip(done, stored, strict=True):
+            if kept:
+                log.info(
+                    "trial %d %s: reused the result of trial %d",
+                    claim.trial_id,
+                    result.state,
+                    result.reused_from,
+                )
+        return [c for c in claims if c.trial_id not in reusable]
 
     def _run_claim(self, claim: ClaimedTrial, *, claim_next: bool) -> ClaimedTrial | None:
         """Trains one claimed trial and records its outcome; returns the next claim, if any."""

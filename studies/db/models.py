@@ -35,6 +35,7 @@ __all__ = [
     "StudyRow",
     "TrialRow",
     "UtcDateTime",
+    "WorkerRow",
     "utcnow",
 ]
 
@@ -117,6 +118,11 @@ class TrialRow(Base):
     # TrialConfig.pack_key(): trials of one study with equal keys may train in one pack; NULL
     # (a stored config that no longer validates) means the trial is only ever claimed alone.
     pack_key: Mapped[str | None] = mapped_column(String(64))
+    # studies/reuse.py's key, set when the trial finishes (completed or diverged): a later trial
+    # with the same key is completed from this one's result instead of trained again.
+    reuse_key: Mapped[str | None] = mapped_column(String(64))
+    # The trial whose result this one copied (None: trained).
+    reused_from: Mapped[int | None] = mapped_column(Integer)
     params: Mapped[dict[str, Any]] = mapped_column(JsonType)
     # Copied from the study so that the claim query reads one index: priority, then FIFO by id.
     priority: Mapped[int] = mapped_column(Integer, default=0)
@@ -185,4 +191,34 @@ class TrialRow(Base):
         ),
         # Progress counts per study.
         Index("ix_adamod_lab_trials_study_state", "study_id", "state"),
+        # Result reuse: finished trials with a given reuse key.
+        Index(
+            "ix_adamod_lab_trials_reuse",
+            "reuse_key",
+            "id",
+            postgresql_where=text("state IN ('completed', 'diverged')"),
+            sqlite_where=text("state IN ('completed', 'diverged')"),
+        ),
     )
+
+
+class WorkerRow(Base):
+    """A worker process, registered at start and beaten by its heartbeat (GET /workers)."""
+
+    __tablename__ = "adamod_lab_workers"
+
+    # A random token per process start: a restarted worker (same host and pid) is a new row.
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    device: Mapped[str] = mapped_column(String(64))
+    # The --pack-size option (None: auto).
+    pack_size: Mapped[int | None] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16), default="running")
+    # The trial it trains, or every member of its pack; empty while idle.
+    current_trial_ids: Mapped[list[int]] = mapped_column(JsonType, default=list)
+    started_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    last_beat_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    exited_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+
+    __table_args__ = (Index("ix_adamod_lab_workers_last_beat", "last_beat_at"),)

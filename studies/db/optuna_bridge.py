@@ -129,6 +129,7 @@ class FinishedTrial:
     started_at: datetime | None
     finished_at: datetime | None
     error: str | None = None
+    reused_from: int | None = None  # our trial whose result this one copied (None: trained)
 
     def value(self) -> float | None:
         """The Optuna value: the capped loss, None for failed trials."""
@@ -153,6 +154,8 @@ class FinishedTrial:
             attrs[f"worker_{key}"] = (self.worker or {}).get(key)
         if self.error:
             attrs["error"] = self.error[:2000]
+        if self.reused_from is not None:
+            attrs["reused_from"] = self.reused_from
         if distributions is not None:
             attrs.update(split_params(self.params, distributions)[1])
         return attrs
@@ -921,6 +924,7 @@ def finished_trial_from_row(row: Any) -> FinishedTrial:
         started_at=row.claimed_at or row.started_at,
         finished_at=row.finished_at,
         error=row.error,
+        reused_from=row.reused_from,
     )
 
 

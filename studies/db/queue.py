@@ -390,6 +390,7 @@ def _finished(
         started_at=claim.claimed_at,
         finished_at=utcnow(),
         error=error,
+        reused_from=None if result is None else result.reused_from,
     )
 
 
@@ -502,6 +503,8 @@ def _complete_in_session(
         "error": None,
         "lease_expires_at": None,
         "finished_at": finished.finished_at,
+        "reuse_key": _reuse_key(claim.config, result),
+        "reused_from": result.reused_from,
     }
     if handle is not None:
         values["optuna_final"] = True
@@ -524,6 +527,19 @@ def _complete_in_session(
     if handle is not None:
         _finish_in_session(session, handle, claim, finished)
     return "stored"
+
+
+def _reuse_key(config: TrialConfig, result: TrialResult) -> str | None:
+    """The finished trial's reuse key (studies/reuse.py); None for a result that cannot stand
+    for another (cancelled, or without its device or torch version)."""
+    from studies.reuse import reuse_key
+
+    if result.state not in ("completed", "diverged") or not result.device:
+        return None
+    try:
+        return reuse_key(config, device=result.device, torch_version=result.torch_version)
+    except (ValueError, RuntimeError, KeyError):  # an unknown device or workload: never reused
+        return None
 
 
 def _finish_in_session(

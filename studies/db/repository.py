@@ -79,6 +79,8 @@ class TrialView:
     duration_s: float | None
     error: str | None
     bound_stats: dict[str, Any] | None
+    pack_size: int | None = None  # how many trials trained together (None: not finished)
+    reused_from: int | None = None  # the trial whose result this one copied (None: trained)
 
 
 def spec_hash(spec: dict[str, Any]) -> str:
@@ -322,6 +324,8 @@ def _trial_view(row: TrialRow) -> TrialView:
         duration_s=row.duration_s,
         error=row.error,
         bound_stats=row.bound_stats,
+        pack_size=(row.result or {}).get("pack_size"),
+        reused_from=row.reused_from,
     )
 
 

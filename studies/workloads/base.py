@@ -63,6 +63,9 @@ class Workload:
     packable: bool = False
     # For a packable workload whose configs are not all packable: a config -> reason (None: ok).
     pack_refusal: Callable[[Any], str | None] | None = None
+    # Bumped whenever the same config would train differently (new data, model or metric code):
+    # results are reused across studies only between equal versions (studies/reuse.py).
+    version: str = "1"
 
     def config_schema(self) -> dict[str, Any]:
         """The JSON schema of this workload's `workload_config` (for GET /workloads)."""
