@@ -39,6 +39,7 @@ import logging
 import math
 import os
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -681,6 +682,38 @@ def write_intermediate(
     return True
 
 
+def write_intermediates(
+    session: Session, items: Sequence[tuple[int, int | None, dict[int, float]]], *, url: str = ""
+) -> set[int]:
+    """write_intermediate for many Optuna trials (the members of a pack) in two statements
+    instead of two per trial: one FOR KEY SHARE read of the trials (in id order, one lock order
+    for every multi-trial write), one upsert of every point. `items` are (optuna trial id, grid
+    number or None, points); returns the ids written (a missing trial is skipped, logged once).
+    """
+    from optuna.storages._rdb import models
+    from sqlalchemy import select
+
+    wanted = {trial_id: (number, points) for trial_id, number, points in items if points}
+    if not wanted:
+        return set()
+    trials = models.TrialModel.__table__
+    found = session.execute(
+        select(trials.c.trial_id, trials.c.number)
+        .where(trials.c.trial_id.in_(sorted(wanted)))
+        .order_by(trials.c.trial_id)
+        .with_for_update(read=True, key_share=True)
+    ).all()
+    numbers = {int(row.trial_id): int(row.number) for row in found}
+    written = set()
+    for trial_id, (number, _) in wanted.items():
+        if trial_id in numbers and (number is None or numbers[trial_id] == number):
+            written.add(trial_id)
+        else:
+            _trial_missing(url, trial_id)
+    _upsert_points(session, [(trial_id, wanted[trial_id][1]) for trial_id in sorted(written)])
+    return written
+
+
 def _dialect_upsert(session: Session) -> Any:
     """The dialect's INSERT with ON CONFLICT (PostgreSQL, SQLite); None on other backends."""
     dialect = session.get_bind().dialect.name
@@ -694,23 +727,31 @@ def _dialect_upsert(session: Session) -> Any:
 
 
 def _upsert_intermediate(session: Session, optuna_trial_id: int, points: dict[int, float]) -> None:
-    if not points:
-        return
+    _upsert_points(session, [(optuna_trial_id, points)])
+
+
+def _upsert_points(session: Session, trials: Sequence[tuple[int, dict[int, float]]]) -> None:
+    """Upserts the intermediate values of each (Optuna trial id, points), 200 rows a statement."""
     from optuna.storages._rdb import models
-    from sqlalchemy import delete, insert
+    from sqlalchemy import and_, delete, insert
 
     table = models.TrialIntermediateValueModel.__table__
     rows = []
-    for step, point in sorted(points.items()):
-        stored, kind = models.TrialIntermediateValueModel.intermediate_value_to_stored_repr(point)
-        rows.append(
-            {
-                "trial_id": optuna_trial_id,
-                "step": int(step),
-                "intermediate_value": stored,
-                "intermediate_value_type": kind,
-            }
-        )
+    for optuna_trial_id, points in trials:
+        for step, point in sorted(points.items()):
+            stored, kind = models.TrialIntermediateValueModel.intermediate_value_to_stored_repr(
+                point
+            )
+            rows.append(
+                {
+                    "trial_id": optuna_trial_id,
+                    "step": int(step),
+                    "intermediate_value": stored,
+                    "intermediate_value_type": kind,
+                }
+            )
+    if not rows:
+        return
     dialect = session.get_bind().dialect.name
     for start in range(0, len(rows), 200):  # SQLite's limit on bound parameters
         chunk = rows[start : start + 200]
@@ -730,10 +771,12 @@ def _upsert_intermediate(session: Session, optuna_trial_id: int, points: dict[in
                 )
             )
         else:
-            steps = [row["step"] for row in chunk]
-            session.execute(
-                delete(table).where(table.c.trial_id == optuna_trial_id, table.c.step.in_(steps))
-            )
+            for row in chunk:
+                session.execute(
+                    delete(table).where(
+                        and_(table.c.trial_id == row["trial_id"], table.c.step == row["step"])
+                    )
+                )
             session.execute(insert(table), chunk)
 
 

@@ -19,7 +19,18 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import ColumnElement, Interval, and_, case, func, literal, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Interval,
+    and_,
+    bindparam,
+    case,
+    func,
+    literal,
+    or_,
+    select,
+    update,
+)
 
 from studies.db.engine import Database, finite_or_none
 from studies.db.models import StudyRow, TrialRow, UtcDateTime, utcnow
@@ -35,7 +46,7 @@ from studies.db.optuna_bridge import (
     start_running_trial,
     study_handle,
     sync_optuna,
-    write_intermediate,
+    write_intermediates,
 )
 
 if TYPE_CHECKING:
@@ -334,29 +345,48 @@ def record_evaluations(
     held: set[int] = set()
     if not claims:
         return held
+    by_id = {claim.trial_id: claim for claim in claims}
     with db.session() as session:
-        for claim in claims:
-            result = session.execute(
+        # A few statements for the whole pack, not three per member: lock our rows (id order),
+        # keep those whose lease is ours and whose study is not cancelled, write their curves and
+        # leases in one executemany, then Optuna's intermediate values in one upsert.
+        rows = session.execute(
+            select(TrialRow.id, TrialRow.lease_token, TrialRow.state, StudyRow.cancelled)
+            .join(StudyRow, StudyRow.id == TrialRow.study_id)
+            .where(TrialRow.id.in_(sorted(by_id)))
+            .order_by(TrialRow.id)
+            .with_for_update(of=TrialRow)
+        ).all()
+        held = {
+            int(row.id)
+            for row in rows
+            if row.state == "running"
+            and row.lease_token == by_id[row.id].lease_token
+            and not row.cancelled
+        }
+        for seconds in sorted({by_id[i].lease_seconds for i in held}):
+            session.connection().execute(
                 update(TrialRow)
-                .where(_held(claim), ~_study_cancelled())
-                .values(
-                    curve=list(claim.curve),
-                    lease_expires_at=_lease_until(db, claim.lease_seconds),
-                ),
-                execution_options=_NO_SYNC,
+                .where(TrialRow.id == bindparam("row_id"))
+                .values(curve=bindparam("new_curve"), lease_expires_at=_lease_until(db, seconds)),
+                [
+                    {"row_id": i, "new_curve": list(by_id[i].curve)}
+                    for i in sorted(held)
+                    if by_id[i].lease_seconds == seconds
+                ],
             )
-            if result.rowcount != 1:
-                continue
-            held.add(claim.trial_id)
-            # Only while the lease is held: our row's lock orders this after any re-claim's
-            # reset.
-            points = pending[id(claim)]
-            if points and claim.optuna_trial_id is not None:
-                write_intermediate(
-                    session, claim.optuna_trial_id, points, number=claim.number, url=db.url
-                )
+        # Only while the leases are held: our rows' locks order this after any re-claim's reset.
+        written = write_intermediates(
+            session,
+            [
+                (claim.optuna_trial_id, claim.number, pending[id(claim)])
+                for claim in claims
+                if claim.trial_id in held and claim.optuna_trial_id is not None
+            ],
+            url=db.url,
+        )
     for claim in claims:  # committed: those steps are in Optuna now
-        if claim.trial_id in held:
+        if claim.trial_id in held and claim.optuna_trial_id in written:
             claim.optuna_steps.update(pending[id(claim)])
     return held
 

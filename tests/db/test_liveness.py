@@ -12,8 +12,6 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +23,7 @@ from studies.db import Database, cancel_study, create_study, get_study
 from studies.db.engine import postgres_session_options
 from studies.db.models import TrialRow
 from studies.db.queue import WorkerInfo, claim_next_trial, requeue_expired
-from tests.db.util import make_study, migrated, noop_spec
+from tests.db.util import make_study, migrated, noop_spec, row_locked
 from tests.workers.procs import trial_rows, wait_for
 from workers.retry import is_transient, with_retries
 
@@ -71,23 +69,6 @@ class Workers:
             if process.poll() is None:
                 process.kill()
                 process.wait(timeout=10)
-
-
-@contextmanager
-def row_locked(url: str, trial_id: int) -> Iterator[Any]:
-    """Holds a row lock on one trial from another session, idle in its transaction."""
-    import psycopg
-
-    dsn = url.replace("postgresql+psycopg://", "postgresql://")
-    connection = psycopg.connect(dsn, connect_timeout=5)
-    try:
-        connection.execute(
-            "SELECT id FROM adamod_lab_trials WHERE id = %s FOR UPDATE", (trial_id,)
-        ).fetchall()
-        yield connection
-    finally:
-        connection.rollback()
-        connection.close()
 
 
 def _expire(db: Database, trial_id: int) -> None:

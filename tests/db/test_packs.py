@@ -436,3 +436,43 @@ def test_complete_pack_stores_members_in_one_transaction(database_url: str) -> N
     finished = [t for t in optuna.load_study(study_name=study.optuna_study_name, storage=db.url)
                 .trials if t.state == TrialState.COMPLETE]  # fmt: skip
     assert len(finished) == 2
+
+
+def test_record_evaluations_skips_a_member_whose_optuna_trial_is_gone(database_url: str) -> None:
+    from optuna.storages._rdb import models
+    from sqlalchemy import delete
+
+    db = migrated(database_url)
+    study = make_study(db, n_lr=3, seeds=1)
+    a, b, c = claim_next_pack(db, WORKER, pack_size=3, lease_seconds=30)
+    with db.session() as session:  # b's Optuna trial deleted behind our back, children first
+        for model in (
+            models.TrialParamModel,
+            models.TrialValueModel,
+            models.TrialUserAttributeModel,
+            models.TrialSystemAttributeModel,
+            models.TrialIntermediateValueModel,
+            models.TrialHeartbeatModel,
+            models.TrialModel,
+        ):
+            table = model.__table__
+            session.execute(delete(table).where(table.c.trial_id == b.optuna_trial_id))
+    held = record_evaluations(db, [(a, _point(1, 0.9)), (b, _point(1, 0.8)), (c, _point(1, 0.7))])
+    assert held == {a.trial_id, b.trial_id, c.trial_id}  # our rows are still ours
+    rows = {r.id: r for r in _rows(db, study.id)}
+    assert [p["val_loss"] for p in rows[b.trial_id].curve] == [0.8]  # our curve is kept
+    live = {
+        t._trial_id: t.intermediate_values
+        for t in optuna.load_study(study_name=study.optuna_study_name, storage=db.url).trials
+    }
+    assert b.optuna_trial_id not in live
+    assert live[a.optuna_trial_id] == {1: 0.9} and live[c.optuna_trial_id] == {1: 0.7}
+    assert a.optuna_steps == {1} and b.optuna_steps == set()  # b's point: for the repair pass
+    # A later write for all three: a and c get their second point, nothing fails.
+    held = record_evaluations(db, [(a, _point(2, 0.5)), (b, _point(2, 0.4)), (c, _point(2, 0.3))])
+    assert held == {a.trial_id, b.trial_id, c.trial_id}
+    trials = optuna.load_study(study_name=study.optuna_study_name, storage=db.url).trials
+    assert {t._trial_id: t.intermediate_values for t in trials}[c.optuna_trial_id] == {
+        1: 0.7,
+        2: 0.3,
+    }

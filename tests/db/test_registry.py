@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -25,27 +23,11 @@ from studies.db.registry import (
     prune_workers,
     register_worker,
 )
-from tests.db.util import make_study, migrated
+from tests.db.util import make_study, migrated, row_locked
 from tests.workers.procs import trial_rows, wait_for
 from workers.heartbeat import Heartbeat
 
 WORKER = WorkerInfo(host="registry-test", pid=0, device="cpu")
-
-
-@contextmanager
-def row_locked(url: str, trial_id: int) -> Iterator[Any]:
-    """Holds a row lock on one trial from another session, idle in its transaction."""
-    import psycopg
-
-    connection = psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"))
-    try:
-        connection.execute(
-            "SELECT id FROM adamod_lab_trials WHERE id = %s FOR UPDATE", (trial_id,)
-        ).fetchall()
-        yield connection
-    finally:
-        connection.rollback()
-        connection.close()
 
 
 def test_register_beat_and_live(database_url: str) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from studies.db import Database, StudyView, create_study
@@ -32,3 +34,21 @@ def migrated(url: str) -> Database:
 def make_study(db: Database, **overrides: Any) -> StudyView:
     """Stores a tiny noop study and returns its view."""
     return create_study(db, noop_spec(**overrides))
+
+
+@contextmanager
+def row_locked(url: str, trial_id: int) -> Iterator[Any]:
+    """Holds a row lock on one trial from another PostgreSQL session, idle in its transaction
+    (a worker frozen inside a transaction, as seen by everyone else)."""
+    import psycopg
+
+    dsn = url.replace("postgresql+psycopg://", "postgresql://")
+    connection = psycopg.connect(dsn, connect_timeout=5)
+    try:
+        connection.execute(
+            "SELECT id FROM adamod_lab_trials WHERE id = %s FOR UPDATE", (trial_id,)
+        ).fetchall()
+        yield connection
+    finally:
+        connection.rollback()
+        connection.close()
