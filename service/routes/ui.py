@@ -27,7 +27,7 @@ from service.errors import printable_text
 from service.reportcache import ReportCache
 from service.routes.compare import _compare, parse_study_ids
 from service.schemas import STUDY_STATUSES
-from studies.db import Database, get_study, list_studies, list_trials, load_records
+from studies.db import Database, get_study, list_studies, list_trials
 
 router = APIRouter(include_in_schema=False)
 
@@ -136,12 +136,11 @@ def _study_context(db: Database, cache: ReportCache, study_id: int) -> dict[str,
     entry = cache.get(db, view)
     report = json.loads(entry.json_bytes)  # as clients see it: non-finite numbers are null
     trials = list_trials(db, study_id) or []
-    records = load_records(db, study_id) or []
-    pack_sizes = {r.trial_id: r.pack_size for r in records}
     rows = [
         {
             "trial": t,
-            "pack_size": pack_sizes.get(t.id, 1) if t.state in ("completed", "diverged") else None,
+            # Rows stored before trial packs have no pack size: they were trained alone.
+            "pack_size": (t.pack_size or 1) if t.state in ("completed", "diverged") else None,
             "worker": t.worker or {},
         }
         for t in trials

@@ -59,6 +59,13 @@ def test_a_study_submitted_again_trains_nothing(
     assert {v.reused_from for v in views.values()} == {r.id for r in trained.values()}
     sources = {r.id: r for r in trained.values()}
     assert all(v.pack_size == sources[v.reused_from].result["pack_size"] for v in views.values())
+    # The web UI's trial table says so too: the reused-from column, rendered on the server.
+    from service.reportcache import ReportCache
+    from service.routes.ui import _study_context
+
+    context = _study_context(db, ReportCache(), again.id)
+    assert context is not None
+    assert {row["trial"].reused_from for row in context["rows"]} == set(sources)
     assert _report(db, again.id) == _report(db, first.id)
     trials = optuna.load_study(study_name=again.optuna_study_name, storage=db.url).trials
     assert [t.state for t in trials] == [TrialState.COMPLETE] * again.n_trials
