@@ -2,7 +2,8 @@
 
 Two trials give the same result when everything that decides the training is equal: the trial's
 config (workload, workload_config, budget, optimizer and its settings, lr, beta3, warmup,
-schedule, seed: TrialConfig.canonical_json), the workload's declared version (bumped when its
+schedule, seed: TrialConfig.canonical_json, less the budget's time limit, which decides only
+whether a trial finishes, not what it finds), the workload's declared version (bumped when its
 data, model or metrics change), the torch version, and the device type (a CPU and a GPU round
 differently). The reuse key hashes exactly those. It is computed by the worker, which alone
 knows its torch and device, both when it stores a result and when it claims a trial.
@@ -22,7 +23,7 @@ __all__ = ["device_type", "reuse_key"]
 
 
 def device_type(device: str | torch.device) -> str:
-    """"cpu", "cuda", "mps"...: the part of a device that changes results ("cuda:1" -> "cuda")."""
+    """ "cpu", "cuda", "mps"...: the part of a device that changes results ("cuda:1" -> "cuda")."""
     return torch.device(device).type
 
 
@@ -30,9 +31,11 @@ def reuse_key(
     config: TrialConfig, *, device: str | torch.device, torch_version: str | None = None
 ) -> str:
     """sha256 hex of what decides a trial's result; equal keys: one result stands for both."""
+    decided_by = json.loads(config.canonical_json())
+    decided_by["budget"].pop("max_seconds", None)
     text = json.dumps(
         {
-            "config": json.loads(config.canonical_json()),
+            "config": decided_by,
             "workload_version": get_workload(config.workload).version,
             "torch": torch.__version__ if torch_version is None else torch_version,
             "device_type": device_type(device),

@@ -79,6 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
         f"trial; auto (default): as many as the pack runner estimates fit on the device, at most "
         f"{MAX_PACK_SIZE}; 1: one trial at a time. Unpackable workloads run one at a time",
     )
+    parser.add_argument(
+        "--trial-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="kill a trial's training after this long and mark it failed, not retried (the "
+        "smaller of this and the spec's budget.max_seconds holds; a pack of K gets K times it)",
+    )
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
     return parser
 
@@ -108,6 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         retry_timeout=args.retry_timeout,
         report_interval=args.report_interval,
         pack_size=args.pack_size,
+        trial_timeout=args.trial_timeout,
     )
     try:
         worker = Worker(options)

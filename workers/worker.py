@@ -1,6 +1,12 @@
 """The worker loop: claim → train (reporting each evaluation) → complete, with a heartbeat,
 periodic requeueing of expired leases, database retries and graceful shutdown.
 
+The worker is a supervisor: training runs in its long-lived trainer child (workers/trainer.py),
+which it kills and replaces when a trial passes its time limit (budget.max_seconds,
+--trial-timeout), when a cancelled or lost trial does not stop at its next evaluation, and at a
+forced shutdown; a child that dies (segfault, OOM kill) costs its trial one attempt, the cause
+recorded, and the worker carries on.
+
 A claim is a lead trial and, when its workload packs and --pack-size allows, the compatible
 trials claimed with it; a pack of several trains in one vectorized pass (studies.pack.run_pack),
 a pack of one through studies.trial.run_trial exactly as without packs. Every member keeps its
@@ -15,8 +21,7 @@ import os
 import socket
 import threading
 import time
-import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -43,16 +48,21 @@ from workers.devices import select_device
 from workers.heartbeat import Heartbeat
 from workers.packing import PackReport, PackSizer, check_pack_size_option
 from workers.retry import RetryGaveUp, with_retries
+from workers.trainer import Trainer, TrainerDied, TrainerStopped, TrainingError, TrainingJob
 
 if TYPE_CHECKING:
     from studies.db.registry import WorkerIdentity
-    from studies.trial import TrialResult
+    from studies.trial import EvalPoint, TrialResult
 
 __all__ = ["Worker", "WorkerOptions"]
 
 log = logging.getLogger("workers")
 OPTUNA_SYNC_INTERVAL_S = 60.0
-MAX_TRACEBACK_CHARS = 4000
+# A trial whose lease is lost or whose study is cancelled is told to stop at its next evaluation;
+# if its code does not get there within this long, its trainer is killed.
+LOST_GRACE_S = 1.0
+TIMED_OUT = "timed out"
+LOST = "lease lost or study cancelled"
 
 
 @dataclass
@@ -73,6 +83,9 @@ class WorkerOptions:
     # Trials trained together in one pack, at most: 1 = one at a time; None = auto (the pack
     # runner's memory estimate for the lead's config on this device).
     pack_size: int | None = None
+    # Wall-clock limit per trial (None: none), on top of any budget.max_seconds in the spec: the
+    # smaller one holds. A pack of K may take K times the limit (K trials' work in one process).
+    trial_timeout: float | None = None
 
     def validate(self) -> None:
         """Raises ValueError naming the command-line flag of the first bad option."""
@@ -89,6 +102,11 @@ class WorkerOptions:
             raise ValueError(f"--max-trials: must be >= 1 (got {self.max_trials})")
         if self.max_attempts < 1:
             raise ValueError(f"--max-attempts: must be >= 1 (got {self.max_attempts})")
+        timeout = self.trial_timeout
+        if timeout is not None and (
+            not isinstance(timeout, int | float) or not math.isfinite(timeout) or timeout <= 0
+        ):
+            raise ValueError(f"--trial-timeout: must be a number of seconds > 0 (got {timeout!r})")
         check_pack_size_option(self.pack_size)
 
 
@@ -106,6 +124,7 @@ class Worker:
         self.shutdown = threading.Event()
         self.trials_run = 0
         self.sizer = PackSizer(options.pack_size, self.device)
+        self.trainer = Trainer(log_level=log.getEffectiveLevel())
         # What the worker holds now: one trial, every member of a pack, or nothing.
         self._current: tuple[ClaimedTrial, ...] = ()
         self._watchdog: threading.Thread | None = None
@@ -159,6 +178,7 @@ class Worker:
             self._hand_back_and_exit()
 
     def _hand_back_and_exit(self) -> None:
+        self.trainer.kill()  # first: nothing may train on under a lease handed back
         for claim in self._current:  # every member of a pack, each under its own lease
             try:
                 handed = release_lease(self.db, claim)
@@ -212,6 +232,7 @@ class Worker:
 
         log.info("worker %s pid %d on %s", self.info.host, self.info.pid, self.device)
         try:
+            self.trainer.start()  # its imports overlap the migration and the registration
             self._retry(self.db.migrate, "migrate")
             identity = self._identity = self._retry(
                 lambda: register_worker(
@@ -236,6 +257,7 @@ class Worker:
             log.error("giving up: %s", exc)
             return 3
         finally:
+            self.trainer.close()
             self._mark_exited()
             self.db.dispose()
         log.info("worker exiting after %d trial(s)", self.trials_run)
@@ -319,8 +341,6 @@ class Worker:
 
     def _run_claim(self, claim: ClaimedTrial, *, claim_next: bool) -> ClaimedTrial | None:
         """Trains one claimed trial and records its outcome; returns the next claim, if any."""
-        from studies.trial import run_trial
-
         log.info(
             "trial %d (study %d, attempt %d) claimed", claim.trial_id, claim.study_id, claim.attempt
         )
@@ -328,7 +348,7 @@ class Worker:
         try:
             last_write = [time.monotonic()]
 
-            def report(point) -> bool:  # type: ignore[no-untyped-def]
+            def report(_k: int, point: EvalPoint) -> bool:
                 if self.shutdown.is_set() or heartbeat.lost.is_set():
                     return True
                 now = time.monotonic()
@@ -342,16 +362,10 @@ class Worker:
                 )
                 return not keep
 
-            try:
-                result = run_trial(claim.config, self.device, report=report)
-            except RetryGaveUp:
-                raise
-            except Exception as exc:
-                heartbeat.track(None)
-                self._fail(claim, exc)
+            results = self._train((claim,), report, heartbeat, packed=False)
+            if results is None:
                 return None
-            heartbeat.track(None)
-            return self._record(claim, result, claim_next=claim_next)
+            return self._record(claim, results[0], claim_next=claim_next)
         finally:
             self._release_hold()
 
@@ -375,23 +389,109 @@ class Worker:
                 interval_s=self.options.report_interval,
                 retry=self._retry,
             )
-            try:
-                from studies.pack import run_pack
-
-                results = run_pack([c.config for c in pack], self.device, report=report)
-                if len(results) != len(pack):
-                    raise RuntimeError(f"run_pack gave {len(results)} results for {len(pack)}")
-            except RetryGaveUp:
-                raise
-            except Exception as exc:
-                heartbeat.track(None)
-                for claim in pack:
-                    self._fail(claim, exc)
+            results = self._train(tuple(pack), report, heartbeat, packed=True)
+            if results is None:
                 return None
-            heartbeat.track(None)
+            if len(results) != len(pack):
+                for claim in pack:
+                    self._fail(claim, f"RuntimeError: run_pack gave {len(results)} results")
+                return None
             return self._record_pack(pack, results, claim_next=claim_next)
         finally:
             self._release_hold()
+
+    def _train(
+        self,
+        claims: tuple[ClaimedTrial, ...],
+        report: Callable[[int, EvalPoint], bool],
+        heartbeat: Heartbeat,
+        *,
+        packed: bool,
+    ) -> list[TrialResult] | None:
+        """Trains `claims` (one trial, or a pack) in the trainer child. Their results, or None
+        when the outcome was recorded here: an error or a crash (one attempt each), a timeout
+        (failed, not retried), a lost lease or a cancel (handed back)."""
+        limit, source = self._time_limit(claims)
+        watch = self._training_watch(claims, heartbeat, limit)
+        job = TrainingJob(configs=[c.config for c in claims], device=self.device, packed=packed)
+        started = time.monotonic()
+        try:
+            return self.trainer.run(job, report=report, watch=watch)
+        except TrainingError as exc:
+            heartbeat.track(None)
+            for claim in claims:
+                self._fail(claim, exc.description)
+        except TrainerDied as exc:
+            heartbeat.track(None)
+            self.trainer.start()
+            if self.shutdown.is_set():  # a SIGTERM to the process group: part of the stop
+                self._hand_back(claims, f"trainer ended during shutdown: {exc}")
+            else:
+                log.warning("trial %s: %s; trainer restarted", _ids(claims), exc)
+                for claim in claims:
+                    self._fail(claim, f"TrainerDied: {exc}")
+        except TrainerStopped as exc:
+            heartbeat.track(None)
+            self.trainer.start()  # now: its imports overlap the writes below
+            if exc.reason == TIMED_OUT:
+                message = (
+                    f"TrialTimeout: timed out after {time.monotonic() - started:.1f} s "
+                    f"(limit {limit:g} s: {source}); not retried"
+                )
+                log.warning("trial %s: %s", _ids(claims), message)
+                for claim in claims:
+                    self._fail(claim, message, final=True)
+            else:
+                self._hand_back(claims, f"{exc.reason}: trainer killed")
+        return None
+
+    def _time_limit(self, claims: Sequence[ClaimedTrial]) -> tuple[float | None, str]:
+        """The wall-clock limit for training `claims` and where it comes from. A pack's members
+        share their budget; a pack of K gets K times the per-trial limit, as its duration_s is
+        the pack's time divided by K."""
+        limits = []
+        spec_limit = claims[0].config.budget.max_seconds
+        if spec_limit is not None:
+            limits.append((spec_limit, "budget.max_seconds"))
+        if self.options.trial_timeout is not None:
+            limits.append((float(self.options.trial_timeout), "--trial-timeout"))
+        if not limits:
+            return None, ""
+        per_trial, source = min(limits)
+        if len(claims) > 1:
+            return per_trial * len(claims), f"{source} {per_trial:g} s x pack of {len(claims)}"
+        return per_trial, source
+
+    def _training_watch(
+        self, claims: Sequence[ClaimedTrial], heartbeat: Heartbeat, limit: float | None
+    ) -> Callable[[], str | None]:
+        """The trainer's watch: TIMED_OUT past the limit; LOST once every claim's lease is lost
+        or cancelled and the trial has not stopped within LOST_GRACE_S; else None."""
+        deadline = None if limit is None else time.monotonic() + limit
+        ids = {c.trial_id for c in claims}
+        lost_since: list[float] = []
+
+        def watch() -> str | None:
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                return TIMED_OUT
+            if heartbeat.lost.is_set() and ids <= heartbeat.lost_ids():
+                if not lost_since:
+                    lost_since.append(now)
+                elif now - lost_since[0] >= LOST_GRACE_S:
+                    return LOST
+            return None
+
+        return watch
+
+    def _hand_back(self, claims: Sequence[ClaimedTrial], why: str) -> None:
+        """Hands `claims` back without counting the attempt, keeping the curves written so far
+        (a cancelled study's trials end cancelled; a lost lease is someone else's now)."""
+        for claim in claims:
+            handed = self._retry(
+                lambda claim=claim: release_lease(self.db, claim, keep_curve=True), "hand back"
+            )
+            log.info("trial %d stopped (%s; handed back: %s)", claim.trial_id, why, handed)
 
     def _hold(self, claims: tuple[ClaimedTrial, ...]) -> Heartbeat:
         """Makes `claims` what the heartbeat renews and what a stop request hands back."""
@@ -465,18 +565,19 @@ class Worker:
                 )
         return following
 
-    def _fail(self, claim: ClaimedTrial, exc: BaseException) -> None:
-        trace = "".join(traceback.format_exception(exc))[-MAX_TRACEBACK_CHARS:]
-        message = f"{type(exc).__name__}: {exc}\n{trace}"
+    def _fail(self, claim: ClaimedTrial, description: str, *, final: bool = False) -> None:
+        """Records a failed attempt (`final`: failed now, not retried)."""
         state = self._retry(
-            lambda: fail_attempt(self.db, claim, message, max_attempts=self.options.max_attempts),
+            lambda: fail_attempt(
+                self.db, claim, description, max_attempts=self.options.max_attempts, final=final
+            ),
             "record failure",
         )
         log.warning(
-            "trial %d attempt %d raised %s -> %s",
+            "trial %d attempt %d: %s -> %s",
             claim.trial_id,
             claim.attempt,
-            type(exc).__name__,
+            description.splitlines()[0] if description else "failed",
             state,
         )
 

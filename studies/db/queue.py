@@ -675,13 +675,18 @@ def _retry_or_fail(db: Database, max_attempts: int) -> dict[str, Any]:
     }
 
 
-def fail_attempt(db: Database, claim: ClaimedTrial, error: str, *, max_attempts: int) -> str | None:
+def fail_attempt(
+    db: Database, claim: ClaimedTrial, error: str, *, max_attempts: int, final: bool = False
+) -> str | None:
     """Records an error: the trial is queued again, or "failed" after `max_attempts` attempts.
 
-    Returns the trial's new state, or None when the lease was lost. A failed trial is written to
-    Optuna as a FAIL trial in the same transaction.
+    `final`: "failed" now, whatever the attempt (a timed-out trial: a rerun would time out
+    again). Returns the trial's new state, or None when the lease was lost. A failed trial is
+    written to Optuna as a FAIL trial in the same transaction.
     """
     max_attempts = _check_max_attempts(max_attempts)
+    if final:
+        max_attempts = 1  # every claimed trial has had at least its one attempt
     error = str(error)[:MAX_ERROR_LENGTH]
     handle = _live_handle(db, claim)
     if handle is None and claim.attempt >= max_attempts and direct_writes(db.url):

@@ -6,11 +6,19 @@ parameter starts at 0 and the seed moves the target, so seeds still give differe
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+)
 from torch import Tensor, nn
 
 from studies.budget import Budget
@@ -18,6 +26,8 @@ from studies.workloads.base import Problem, Workload
 from studies.workloads.common import float_metrics
 
 __all__ = ["WORKLOAD", "NoopConfig"]
+
+PROCESS_FAULTS = ("hang_at_step", "crash_at_step")
 
 
 class NoopConfig(BaseModel):
@@ -39,6 +49,26 @@ class NoopConfig(BaseModel):
     diverge_at_step: int | None = Field(
         default=None, ge=1, description="return a NaN loss at this step (tests divergence)"
     )
+    hang_at_step: int | None = Field(
+        default=None, ge=1, description="never return from this step (tests trial timeouts)"
+    )
+    crash_at_step: int | None = Field(
+        default=None,
+        ge=1,
+        description="kill the training process with SIGSEGV at this step (tests crash handling)",
+    )
+
+    @model_serializer(mode="wrap")
+    def _without_unset_process_faults(self, handler: SerializerFunctionWrapHandler) -> Any:
+        """Leaves hang_at_step and crash_at_step out when unset: they came after trials were
+        stored, and a normalized config that gained two nulls would change every noop trial's
+        key (TrialConfig.key, the reuse key)."""
+        data = handler(self)
+        if isinstance(data, dict):
+            for name in PROCESS_FAULTS:
+                if data.get(name) is None:
+                    data.pop(name, None)
+        return data
 
 
 class _Scalar(nn.Module):
@@ -65,6 +95,11 @@ def _build(config: NoopConfig, seed: int, device: torch.device) -> Problem:
         counter["step"] += 1
         if config.sleep_s:
             time.sleep(config.sleep_s)
+        if counter["step"] == config.hang_at_step:
+            while True:  # code that never returns: only killing its process ends it
+                time.sleep(3600)
+        if counter["step"] == config.crash_at_step:
+            os.kill(os.getpid(), signal.SIGSEGV)  # as a segfault in native code would
         if counter["step"] == config.fail_at_step and (
             config.fail_seeds is None or seed in config.fail_seeds
         ):
