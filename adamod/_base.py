@@ -264,6 +264,27 @@ class BoundedAdamBase(Optimizer):
             )
         return self._tracker.member_series(counts[0] or 0)
 
+    def telemetry_state_dict(self) -> dict[str, Any] | None:
+        """The bound telemetry recorded so far (None without track_bounds), for a training
+        checkpoint: `state_dict()` leaves it out, as torch.optim's format has no place for it."""
+        return None if self._tracker is None else self._tracker.state_dict()
+
+    def load_telemetry_state_dict(self, state: dict[str, Any] | None) -> None:
+        """Restore a `telemetry_state_dict()`, on the device of the first parameter; with
+        track_bounds, None forgets the telemetry; without it, a ValueError for a non-None state."""
+        if self._tracker is None:
+            if state is not None:
+                raise ValueError(
+                    f"load_telemetry_state_dict: this {self._name} was built without "
+                    "track_bounds, so it cannot take recorded telemetry"
+                )
+            return
+        if state is None:
+            self._tracker.reset()
+            return
+        params = [p for group in self.param_groups for p in group["params"]]
+        self._tracker.load_state_dict(state, params[0].device if params else None)
+
     def reset_bound_stats(self) -> None:
         """Forget the recorded telemetry (e.g. after a warm-up phase)."""
         if self._tracker is not None:

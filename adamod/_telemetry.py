@@ -140,6 +140,36 @@ class BoundTracker:
         """Unpickle, giving a tracker pickled before member telemetry existed its fields."""
         self.__dict__.update({**BoundTracker().__dict__, **state})
 
+    def state_dict(self) -> dict[str, Any]:
+        """The recorded telemetry as tensors, ints and lists only (what `torch.load(...,
+        weights_only=True)` reads back), for a training checkpoint: a resumed run then reports
+        the same series as one that never stopped. Only between steps (after `end_step`).
+        """
+        if self._partials or self._member_partials:
+            raise RuntimeError("BoundTracker.state_dict() in the middle of a step (end_step first)")
+        return {
+            "steps": list(self._steps),
+            "rows": _used_rows(self._chunks, len(self._steps)),
+            "member_steps": list(self._member_steps),
+            "member_rows": _used_rows(self._member_chunks, len(self._member_steps)),
+            "members": self._members,
+            "step": self._step,
+        }
+
+    def load_state_dict(
+        self, state: dict[str, Any], device: torch.device | str | None = None
+    ) -> None:
+        """Replace the recorded telemetry by a `state_dict()`, its rows on `device` (default:
+        where they were saved), so later steps append to it as if nothing had stopped."""
+        self.reset()
+        self._steps = [int(s) for s in state["steps"]]
+        self._chunks = _chunked(state["rows"], device)
+        self._member_steps = [int(s) for s in state["member_steps"]]
+        self._member_chunks = _chunked(state["member_rows"], device)
+        members = state["members"]
+        self._members = None if members is None else int(members)
+        self._step = int(state["step"])
+
     def add(self, partial: Tensor, numel: int, step: int) -> None:
         """Add one tensor's partial statistics (from `partial_bound_stats`) to the current step."""
         self._partials.append(partial)
@@ -241,3 +271,26 @@ class BoundTracker:
                 series[key] = [rows[k][column] for rows in tables]
             out.append(series)
         return out
+
+
+def _used_rows(chunks: list[Tensor], n: int) -> Tensor | None:
+    """The first n rows of preallocated chunks, as one CPU tensor (None when there are none)."""
+    if not chunks:
+        return None
+    device = chunks[0].device
+    return torch.cat([c.to(device) for c in chunks])[:n].cpu().clone()
+
+
+def _chunked(rows: Tensor | None, device: torch.device | str | None) -> list[Tensor]:
+    """Preallocated chunks of _CHUNK_ROWS rows holding `rows` (the inverse of _used_rows)."""
+    if rows is None:
+        return []
+    target = rows.device if device is None else torch.device(device)
+    n = rows.shape[0]
+    chunks = []
+    for start in range(0, max(n, 1), _CHUNK_ROWS):
+        chunk = torch.empty((_CHUNK_ROWS, *rows.shape[1:]), dtype=torch.float64, device=target)
+        part = rows[start : start + _CHUNK_ROWS]
+        chunk[: part.shape[0]].copy_(part)
+        chunks.append(chunk)
+    return chunks

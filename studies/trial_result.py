@@ -65,6 +65,9 @@ class TrialResult:
     # The trial (its id in the queue) whose identical result this one copied instead of training
     # (studies/reuse.py); None: trained.
     reused_from: int | None = None
+    # The step of the checkpoint this attempt resumed from (studies/checkpoints.py); None: the
+    # trial trained from step 0 in one attempt.
+    resumed_from_step: int | None = None
 
     def to_dict(self, *, exclude: Collection[str] = ()) -> dict[str, Any]:
         """A JSON-able dict (no NaN or infinity anywhere), without the fields in `exclude`
@@ -156,6 +159,33 @@ class TrialLog:
         self.curve.append(point)
         return point
 
+    def state_dict(self) -> dict[str, Any]:
+        """Everything this log holds, as plain values (the curve as dicts), for a checkpoint: a
+        log restored from it records the rest of the trial as if it had never stopped."""
+        return {
+            "steps_per_epoch": self.steps_per_epoch,
+            "state": self.state,
+            "steps": self.steps,
+            "updates": self.updates,
+            "curve": [asdict(point) for point in self.curve],
+            "train_sum": self._train_sum,
+            "train_count": self._train_count,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from a `state_dict()`; a ValueError if it was taken with another epoch size."""
+        if state["steps_per_epoch"] != self.steps_per_epoch:
+            raise ValueError(
+                f"state: a log of {state['steps_per_epoch']} steps per epoch cannot continue one "
+                f"of {self.steps_per_epoch}"
+            )
+        self.state = state["state"]
+        self.steps = int(state["steps"])
+        self.updates = int(state["updates"])
+        self.curve = [EvalPoint(**point) for point in state["curve"]]
+        self._train_sum = state["train_sum"]
+        self._train_count = int(state["train_count"])
+
     def cancel(self) -> None:
         """The trial was told to stop (its study cancelled, its worker stopping)."""
         self.state = "cancelled"
@@ -171,6 +201,7 @@ class TrialLog:
         torch_version: str,
         extras: dict[str, Any],
         pack_size: int = 1,
+        resumed_from_step: int | None = None,
     ) -> TrialResult:
         """The TrialResult; `test` is the test split's metrics (completed trials only)."""
         last = self.curve[-1] if self.curve else None
@@ -195,6 +226,7 @@ class TrialLog:
             test_accuracy=test_accuracy,
             extras=extras,
             pack_size=pack_size,
+            resumed_from_step=resumed_from_step,
         )
 
 

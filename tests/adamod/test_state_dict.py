@@ -149,3 +149,62 @@ def test_bfloat16_params_keep_float32_state_through_a_round_trip(cls: type) -> N
             if key != "step":
                 assert value.dtype == torch.float32, key
                 assert torch.equal(value, opt.state[p][key])
+
+
+def _steps(opt: torch.optim.Optimizer, model: torch.nn.Module, batches: list[Any]) -> None:
+    for x, y in batches:
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        opt.step()
+
+
+@pytest.mark.parametrize("cls", [AdaMod, DiffMod])
+def test_telemetry_state_dict_continues_the_series(cls: type, tmp_path: Any) -> None:
+    """A checkpoint of state_dict plus telemetry_state_dict (read back weights_only) continues
+    to exactly the bound series of a run that never stopped."""
+    batches = _batches(6)
+    model = _model()
+    opt = cls(model.parameters(), lr=0.01, track_bounds=True)
+    _steps(opt, model, batches)
+    expected = opt.bound_stats()
+
+    model = _model()
+    opt = cls(model.parameters(), lr=0.01, track_bounds=True)
+    _steps(opt, model, batches[:4])
+    path = tmp_path / "ckpt.pt"
+    torch.save(
+        {"model": model.state_dict(), "opt": opt.state_dict(), "tm": opt.telemetry_state_dict()},
+        path,
+    )
+    saved = torch.load(path, weights_only=True)
+    model = _model()
+    opt = cls(model.parameters(), lr=0.01, track_bounds=True)
+    model.load_state_dict(saved["model"])
+    opt.load_state_dict(saved["opt"])
+    opt.load_telemetry_state_dict(saved["tm"])
+    _steps(opt, model, batches[4:])
+    assert opt.bound_stats() == expected
+
+
+def test_telemetry_state_dict_spans_chunks_and_needs_track_bounds() -> None:
+    from adamod._telemetry import BoundTracker, partial_bound_stats
+
+    def record(tracker: BoundTracker, steps: range) -> None:
+        for step in steps:
+            eta = torch.full((3,), float(step))
+            tracker.add(partial_bound_stats(eta, eta * 0.5), eta.numel(), step)
+            tracker.end_step()
+
+    whole, first = BoundTracker(), BoundTracker()
+    record(whole, range(1, 1031))  # more than one preallocated chunk of rows
+    record(first, range(1, 1026))
+    resumed = BoundTracker()
+    resumed.load_state_dict(first.state_dict())
+    record(resumed, range(1026, 1031))
+    assert resumed.series() == whole.series()
+
+    plain = AdaMod(_model().parameters(), lr=0.01)
+    assert plain.telemetry_state_dict() is None
+    plain.load_telemetry_state_dict(None)
+    with pytest.raises(ValueError, match="without track_bounds"):
+        plain.load_telemetry_state_dict(first.state_dict())
