@@ -12,6 +12,7 @@ from studies.db.engine import database_url_from_env
 from studies.db.packs import MAX_PACK_SIZE
 from studies.db.queue import DEFAULT_LEASE_SECONDS, DEFAULT_MAX_ATTEMPTS
 from workers.packing import parse_pack_size
+from workers.worker import DEFAULT_CHECKPOINT_DIR, DEFAULT_CHECKPOINT_SECONDS, ENV_CHECKPOINT_DIR
 
 __all__ = ["build_parser", "main", "parse_pack_size"]
 
@@ -87,8 +88,39 @@ def build_parser() -> argparse.ArgumentParser:
         help="kill a trial's training after this long and mark it failed, not retried (the "
         "smaller of this and the spec's budget.max_seconds holds; a pack of K gets K times it)",
     )
+    parser.add_argument(
+        "--checkpoint-dir",
+        default=DEFAULT_CHECKPOINT_DIR,
+        help=f"where trials save checkpoints, shared by every worker that may re-run them "
+        f"(default: ${ENV_CHECKPOINT_DIR} or ./adamod_lab_checkpoints)",
+    )
+    parser.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=None,
+        metavar="N",
+        help="save a trial's checkpoint every N evaluations (a re-run attempt resumes there)",
+    )
+    parser.add_argument(
+        "--checkpoint-seconds",
+        type=_seconds_or_off,
+        default=DEFAULT_CHECKPOINT_SECONDS,
+        metavar="S|off",
+        help=f"save a checkpoint at the first evaluation S seconds after the last save "
+        f"(default {DEFAULT_CHECKPOINT_SECONDS:g}; off: only --checkpoint-every; both off: none)",
+    )
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
     return parser
+
+
+def _seconds_or_off(text: str) -> float | None:
+    """--checkpoint-seconds: a number of seconds, or `off`."""
+    if text.strip().lower() == "off":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds or off, got {text!r}") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -117,6 +149,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         report_interval=args.report_interval,
         pack_size=args.pack_size,
         trial_timeout=args.trial_timeout,
+        checkpoint_dir=args.checkpoint_dir,
+        checkpoint_every=args.checkpoint_every,
+        checkpoint_seconds=args.checkpoint_seconds,
     )
     try:
         worker = Worker(options)

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
 
+    from studies.checkpoints import Checkpointing
     from studies.spec import TrialConfig
     from studies.trial import EvalPoint, TrialResult
 
@@ -58,11 +59,13 @@ PR_SET_PDEATHSIG = 1
 
 @dataclass(frozen=True)
 class TrainingJob:
-    """What the child trains: one trial (run_trial) or a pack (run_pack) of `configs`."""
+    """What the child trains: one trial (run_trial, with its checkpointing if any) or a pack
+    (run_pack) of `configs`."""
 
     configs: Sequence[TrialConfig]
     device: str
     packed: bool
+    checkpoint: Checkpointing | None = None
 
 
 class TrainingError(Exception):
@@ -246,7 +249,11 @@ def _child_main(conn: Connection, parent_pid: int, log_level: int) -> None:
             if job.packed:
                 results = run_pack(list(job.configs), job.device, report=ask)
             else:
-                results = [run_trial(job.configs[0], job.device, report=lambda p: ask(0, p))]
+                only = job.configs[0]
+                trained = run_trial(
+                    only, job.device, report=lambda p: ask(0, p), checkpoint=job.checkpoint
+                )
+                results = [trained]
         except (EOFError, OSError, BrokenPipeError):
             return  # the supervisor went away mid-trial
         except Exception as exc:

@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from studies.checkpoints import Checkpointing, CheckpointStore
 from studies.db.engine import Database
 from studies.db.optuna_bridge import sync_optuna
 from studies.db.packs import extend_pack
@@ -57,11 +58,19 @@ if TYPE_CHECKING:
 __all__ = ["Worker", "WorkerOptions"]
 
 log = logging.getLogger("workers")
+ENV_CHECKPOINT_DIR = "ADAMOD_LAB_CHECKPOINT_DIR"
 OPTUNA_SYNC_INTERVAL_S = 60.0
 # A trial whose lease is lost or whose study is cancelled is told to stop at its next evaluation;
 # if its code does not get there within this long, its trainer is killed.
 LOST_GRACE_S = 1.0
 TIMED_OUT = "timed out"
+DEFAULT_CHECKPOINT_DIR = os.environ.get(ENV_CHECKPOINT_DIR, "adamod_lab_checkpoints")
+DEFAULT_CHECKPOINT_SECONDS = 300.0  # long trials only: a short one finishes before its first
+CHECKPOINT_FLAGS = {
+    "directory": "--checkpoint-dir",
+    "every_evaluations": "--checkpoint-every",
+    "every_seconds": "--checkpoint-seconds",
+}
 LOST = "lease lost or study cancelled"
 
 
@@ -86,6 +95,11 @@ class WorkerOptions:
     # Wall-clock limit per trial (None: none), on top of any budget.max_seconds in the spec: the
     # smaller one holds. A pack of K may take K times the limit (K trials' work in one process).
     trial_timeout: float | None = None
+    # Where single trials save their checkpoints (a shared directory across machines), and how
+    # often: every N evaluations and/or S seconds (both None: no checkpoints).
+    checkpoint_dir: str = DEFAULT_CHECKPOINT_DIR
+    checkpoint_every: int | None = None
+    checkpoint_seconds: float | None = DEFAULT_CHECKPOINT_SECONDS
 
     def validate(self) -> None:
         """Raises ValueError naming the command-line flag of the first bad option."""
@@ -108,6 +122,23 @@ class WorkerOptions:
         ):
             raise ValueError(f"--trial-timeout: must be a number of seconds > 0 (got {timeout!r})")
         check_pack_size_option(self.pack_size)
+        self.checkpointing("probe")  # ValueError naming the flag of a bad checkpoint option
+
+    def checkpointing(self, name: str) -> Checkpointing | None:
+        """The checkpoint policy for the trial saved as `name` (None: checkpoints are off)."""
+        if self.checkpoint_every is None and self.checkpoint_seconds is None:
+            return None
+        try:
+            return Checkpointing(
+                CheckpointStore(self.checkpoint_dir),
+                name,
+                every_evaluations=self.checkpoint_every,
+                every_seconds=self.checkpoint_seconds,
+            )
+        except ValueError as exc:  # "argument: why" -> "--flag: why"
+            argument, _, why = str(exc).partition(": ")
+            flag = CHECKPOINT_FLAGS.get(argument)
+            raise ValueError(f"{flag}: {why}" if flag else str(exc)) from None
 
 
 class Worker:
@@ -413,7 +444,13 @@ class Worker:
         (failed, not retried), a lost lease or a cancel (handed back)."""
         limit, source = self._time_limit(claims)
         watch = self._training_watch(claims, heartbeat, limit)
-        job = TrainingJob(configs=[c.config for c in claims], device=self.device, packed=packed)
+        checkpoint = None if packed else self.options.checkpointing(f"trial-{claims[0].trial_id}")
+        job = TrainingJob(
+            configs=[c.config for c in claims],
+            device=self.device,
+            packed=packed,
+            checkpoint=checkpoint,
+        )
         started = time.monotonic()
         try:
             return self.trainer.run(job, report=report, watch=watch)
@@ -573,6 +610,8 @@ class Worker:
             ),
             "record failure",
         )
+        if state in ("failed", "cancelled"):  # over for good: nothing will resume it
+            self._delete_checkpoint(claim)
         log.warning(
             "trial %d attempt %d: %s -> %s",
             claim.trial_id,
@@ -580,6 +619,15 @@ class Worker:
             description.splitlines()[0] if description else "failed",
             state,
         )
+
+    def _delete_checkpoint(self, claim: ClaimedTrial) -> None:
+        checkpoint = self.options.checkpointing(f"trial-{claim.trial_id}")
+        if checkpoint is None:
+            return
+        try:
+            checkpoint.delete()
+        except OSError as exc:  # a full or read-only volume must not stop the worker
+            log.warning("trial %d: could not delete its checkpoint: %s", claim.trial_id, exc)
 
 
 def _ids(claims: Sequence[ClaimedTrial]) -> str:
