@@ -1,7 +1,7 @@
 """The `adamod-lab` console script: its parser and dispatch.
 
 The commands live in service.cli_up (serve, up) and service.cli_commands (submit, status, list,
-cancel, report), imported only when run so that `adamod-lab --help` stays quick.
+cancel, retry, report), imported only when run so that `adamod-lab --help` stays quick.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ HANDLERS = {
     "status": ("service.cli_commands", "status"),
     "list": ("service.cli_commands", "list_studies"),
     "cancel": ("service.cli_commands", "cancel"),
+    "retry": ("service.cli_commands", "retry"),
     "report": ("service.cli_commands", "report"),
 }
 EPILOG = """\
@@ -32,6 +33,7 @@ examples:
   adamod-lab status 1
   adamod-lab list --status running
   adamod-lab cancel 1
+  adamod-lab retry 1                              # queue its failed and cancelled trials again
   adamod-lab report 1 --out runs/report-1
   adamod-lab serve --host 0.0.0.0 --port 8000     # API only; database from ADAMOD_LAB_DATABASE_URL,
                                                   # and tokens (ADAMOD_LAB_API_TOKENS) required
@@ -148,6 +150,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cancel.add_argument("study_id", type=int, metavar="ID")
     _add_client_options(cancel)
+
+    retry = commands.add_parser(
+        "retry",
+        help="queue a study's failed and cancelled trials again",
+        description="Queue a study's failed and cancelled trials again (attempts from 0); a "
+        "cancelled study is resumed. Completed, diverged and running trials are not touched.",
+    )
+    retry.add_argument("study_id", type=int, metavar="ID")
+    _add_client_options(retry)
 
     report = commands.add_parser(
         "report",

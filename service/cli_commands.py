@@ -1,4 +1,4 @@
-"""The client commands of `adamod-lab`: submit, status, list, cancel, report (HTTP through Client).
+"""The client commands of `adamod-lab`: submit, status, list, cancel, retry, report (HTTP).
 
 Each takes the parsed arguments and returns the exit status; server errors arrive as ApiError,
 which `service.cli.main` prints as one line and turns into exit status 1.
@@ -200,6 +200,32 @@ def cancel(args: argparse.Namespace) -> int:
         f"study {study['id']} cancelled: {p.get('cancelled', 0)} trials will not run, "
         f"{p.get('running', 0)} running stop at their next evaluation; "
         f"{p.get('completed', 0) + p.get('diverged', 0)} finished trials are kept"
+    )
+    return 0
+
+
+def retry(args: argparse.Namespace) -> int:
+    """POST /studies/{id}/retry: the study's failed and cancelled trials are queued again."""
+    client = Client(args.url, args.token)
+    try:
+        study = client.retry(args.study_id)
+    except ApiError as exc:
+        if exc.status == 404:
+            print(
+                f"adamod-lab retry: there is no study {args.study_id} at {client.url}",
+                file=sys.stderr,
+            )
+            return 1
+        raise
+    finally:
+        client.close()
+    requeued = int(study.get("requeued", 0))
+    if not requeued:
+        print(f"study {study['id']} ({study['status']}): no failed or cancelled trial to retry")
+        return 0
+    print(
+        f"study {study['id']} {study['status']}: {requeued} failed or cancelled trials "
+        f"queued again; follow it with: adamod-lab status {study['id']}"
     )
     return 0
 

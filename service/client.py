@@ -1,4 +1,4 @@
-"""A small HTTP client of the REST API, used by the CLI's submit, status and report commands."""
+"""A small HTTP client of the REST API, used by the CLI's client commands (submit, status, ...)."""
 
 from __future__ import annotations
 
@@ -69,6 +69,10 @@ class Client:
     def cancel(self, study_id: int) -> dict[str, Any]:
         """DELETE /studies/{id}: the cancelled StudyOut."""
         return self.request("DELETE", f"/studies/{study_id}").json()
+
+    def retry(self, study_id: int) -> dict[str, Any]:
+        """POST /studies/{id}/retry: the StudyOut with `requeued`, the trials queued again."""
+        return self.request("POST", f"/studies/{study_id}/retry").json()
 
     def report(self, study_id: int) -> dict[str, Any]:
         """GET /studies/{id}/report."""

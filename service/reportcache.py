@@ -24,9 +24,12 @@ class CachedReport:
 
 
 def report_version(view: Any) -> tuple:
-    """What identifies the records behind a report: trials only ever move forward in state."""
+    """What identifies the records behind a report: trials only move forward in state, except
+    that a retry (studies.db.retry) queues failed ones again; one that fails again leaves the
+    same counts, but not the same finish time."""
     progress = view.progress
-    return (view.status, *(int(progress.get(k, 0)) for k in sorted(progress)))
+    finished_at = getattr(view, "finished_at", None)
+    return (view.status, finished_at, *(int(progress.get(k, 0)) for k in sorted(progress)))
 
 
 class ReportCache:

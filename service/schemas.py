@@ -89,42 +89,40 @@ class StudyLinks(BaseModel):
     )
 
 
+# A study as GET /studies/{id} shows it (StudyOut's example; RetryOut builds on it).
+_STUDY_OUT_EXAMPLE: dict[str, Any] = {
+    "id": 1,
+    "name": "digits-lr-robustness",
+    "status": "running",
+    "spec": STUDY_SPEC_EXAMPLE,
+    "n_trials": 126,
+    "progress": {
+        "total": 126,
+        "queued": 100,
+        "running": 2,
+        "completed": 23,
+        "diverged": 1,
+        "failed": 0,
+        "cancelled": 0,
+    },
+    "created_at": "2026-01-01T12:00:00Z",
+    "started_at": "2026-01-01T12:00:01Z",
+    "finished_at": None,
+    "links": {
+        "self": "/studies/1",
+        "trials": "/studies/1/trials",
+        "report": "/studies/1/report",
+        "report_html": "/studies/1/report.html",
+        "plots": {"lr_curves": "/studies/1/plots/lr_curves.png"},
+        "optuna_study_name": "adamod-lab-1",
+    },
+}
+
+
 class StudyOut(BaseModel):
     """A study as the API returns it: its normalized spec, status and progress."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "id": 1,
-                    "name": "digits-lr-robustness",
-                    "status": "running",
-                    "spec": STUDY_SPEC_EXAMPLE,
-                    "n_trials": 126,
-                    "progress": {
-                        "total": 126,
-                        "queued": 100,
-                        "running": 2,
-                        "completed": 23,
-                        "diverged": 1,
-                        "failed": 0,
-                        "cancelled": 0,
-                    },
-                    "created_at": "2026-01-01T12:00:00Z",
-                    "started_at": "2026-01-01T12:00:01Z",
-                    "finished_at": None,
-                    "links": {
-                        "self": "/studies/1",
-                        "trials": "/studies/1/trials",
-                        "report": "/studies/1/report",
-                        "report_html": "/studies/1/report.html",
-                        "plots": {"lr_curves": "/studies/1/plots/lr_curves.png"},
-                        "optuna_study_name": "adamod-lab-1",
-                    },
-                }
-            ]
-        }
-    )
+    model_config = ConfigDict(json_schema_extra={"examples": [_STUDY_OUT_EXAMPLE]})
 
     id: int
     name: str
@@ -142,6 +140,20 @@ class StudyOut(BaseModel):
     def _floats_as_sent(cls, value: dict[str, Any]) -> dict[str, Any]:
         # PostgreSQL's JSONB reads 1e25 back as the int 10000000000000000000000000.
         return restore_spec_floats(value)
+
+
+class RetryOut(StudyOut):
+    """The study after `POST /studies/{id}/retry` (StudyOut's fields), with how many of its
+    trials that request queued again."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{**_STUDY_OUT_EXAMPLE, "requeued": 3}]}
+    )
+
+    requeued: int = Field(
+        description="Failed and cancelled trials queued again by this request (0: nothing to "
+        "retry; the study is returned unchanged, except that a cancelled one is resumed)."
+    )
 
 
 class TrialOut(BaseModel):

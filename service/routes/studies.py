@@ -1,4 +1,4 @@
-"""Studies: submit (idempotent), list, read, cancel, and list a study's trials."""
+"""Studies: submit (idempotent), list, read, cancel, retry, and list a study's trials."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from service.body import parse_spec
 from service.deps import MAX_ID, CallerDep, DbDep, ReaderDep, SettingsDep, StudyId
 from service.errors import json_safe
-from service.schemas import STUDY_SPEC_EXAMPLES, StudyOut, StudyStatus, TrialOut
+from service.schemas import STUDY_SPEC_EXAMPLES, RetryOut, StudyOut, StudyStatus, TrialOut
 from service.views import not_found, study_out
 from studies.db import (
     IdempotencyConflict,
@@ -22,6 +22,7 @@ from studies.db import (
     get_study,
     list_studies,
     list_trials,
+    retry_study,
 )
 
 router = APIRouter(prefix="/studies", tags=["studies"])
@@ -155,6 +156,30 @@ def delete_study(study_id: StudyId, db: DbDep, caller: CallerDep) -> StudyOut:
     if view is None:
         raise not_found(study_id)
     return study_out(view)
+
+
+@router.post(
+    "/{study_id}/retry",
+    response_model=RetryOut,
+    responses={
+        401: _ERRORS[401],
+        404: _ERRORS[404],
+        503: {"description": "SQLite database locked by another writer; see Retry-After."},
+    },
+    summary="Queue a study's failed and cancelled trials again",
+)
+def retry_study_trials(study_id: StudyId, db: DbDep, caller: CallerDep) -> RetryOut:
+    """Queues every `failed` and `cancelled` trial of the study again, as new (attempts 0, no
+    error, no curve), in one transaction; a cancelled study is resumed (its running trials then
+    run to completion). Running, queued, completed and diverged trials are not touched.
+
+    Safe to repeat: with nothing left to retry it answers 200 with `requeued: 0`. Each retried
+    trial keeps its Optuna trial (grid point k stays Optuna trial k), WAITING until it runs.
+    """
+    outcome = retry_study(db, study_id)
+    if outcome is None:
+        raise not_found(study_id)
+    return RetryOut(**study_out(outcome.study).model_dump(), requeued=outcome.requeued)
 
 
 @router.get("/{study_id}/trials", response_model=list[TrialOut], responses={404: _ERRORS[404]})

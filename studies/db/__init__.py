@@ -1,4 +1,4 @@
-"""Persistence: engine, ORM models, Alembic migrations, repository, trial queue, Optuna bridge."""
+"""Persistence: engine, ORM models, migrations, repository, retry, trial queue, Optuna bridge."""
 
 from __future__ import annotations
 
@@ -14,10 +14,12 @@ from studies.db.repository import (
     list_trials,
     load_records,
 )
+from studies.db.retry import RetryOutcome, retry_study
 
 __all__ = [
     "Database",
     "IdempotencyConflict",
+    "RetryOutcome",
     "StudyView",
     "TrialView",
     "cancel_study",
@@ -27,4 +29,5 @@ __all__ = [
     "list_studies",
     "list_trials",
     "load_records",
+    "retry_study",
 ]

@@ -64,6 +64,7 @@ __all__ = [
     "METRIC_NAME",
     "OPTUNA_TRIAL_ID_ATTR",
     "READ_ONLY_ATTR",
+    "RESULT_ATTR_KEYS",
     "FinishedTrial",
     "StudyHandle",
     "capped_value",
@@ -78,6 +79,7 @@ __all__ = [
     "insert_running_trial",
     "optuna_study_name",
     "record_trial",
+    "reopen_trials",
     "restart_trial",
     "set_trials_waiting",
     "start_running_trial",
@@ -647,6 +649,68 @@ def set_trials_waiting(session: Session, optuna_trial_ids: list[int]) -> None:
     )
 
 
+# The user attributes a finished trial's result writes (FinishedTrial.user_attrs without the
+# grid's own attributes); a running trial has none of them.
+RESULT_ATTR_KEYS = (
+    OPTUNA_TRIAL_ID_ATTR,
+    "state",
+    "loss",
+    "loss0",
+    "accuracy",
+    "attempts",
+    "worker_host",
+    "worker_pid",
+    "worker_device",
+    "error",
+    "reused_from",
+)
+
+
+def reopen_trials(session: Session, handle: StudyHandle, optuna_trial_ids: list[int]) -> int:
+    """Makes finished Optuna trials (FAIL, PRUNED) of the handle's study WAITING again, in the
+    caller's transaction: their trials were queued again by a retry (studies.db.retry).
+
+    Optuna's storage API never reopens a finished trial, but these are our rows: reusing the
+    trial keeps grid point k Optuna trial number k (a new trial would need that number too).
+    Its value, intermediate values and result attributes go (the re-run writes its own; the
+    params and the grid's attributes stay), so it reads as a trial that has not run yet; the
+    claim makes it RUNNING as for any re-run. Returns how many Optuna trials it reopened.
+    """
+    if not optuna_trial_ids:
+        return 0
+    from optuna.storages._rdb import models
+    from optuna.trial import TrialState
+    from sqlalchemy import delete, select, update
+
+    trials = models.TrialModel.__table__
+    ids = list(
+        session.execute(
+            select(trials.c.trial_id)
+            .where(
+                trials.c.trial_id.in_(optuna_trial_ids),
+                trials.c.study_id == handle.optuna_study_id,
+            )
+            .order_by(trials.c.trial_id)
+            .with_for_update()
+        ).scalars()
+    )
+    if not ids:
+        return 0
+    session.execute(
+        update(trials)
+        .where(trials.c.trial_id.in_(ids))
+        .values(state=TrialState.WAITING, datetime_complete=None)
+    )
+    for model in (models.TrialValueModel, models.TrialIntermediateValueModel):
+        table = model.__table__
+        session.execute(delete(table).where(table.c.trial_id.in_(ids)))
+    attrs = models.TrialUserAttributeModel.__table__
+    session.execute(
+        delete(attrs).where(attrs.c.trial_id.in_(ids), attrs.c.key.in_(RESULT_ATTR_KEYS))
+    )
+    return len(ids)
+
+
 def write_intermediate(
     session: Session,
     optuna_trial_id: int,
@@ -1036,18 +1100,20 @@ def sync_optuna(
 def _sync_trial(db: Database, handle: StudyHandle, trial_id: int) -> int | None:
     """Mirrors one pending trial in its own transaction; how many Optuna trials it wrote, or
     None when the Optuna study is gone (the trial stays pending)."""
-    from sqlalchemy import select, update
+    from sqlalchemy import select, text, update
 
-    from studies.db.models import TrialRow
+    from studies.db.models import OPTUNA_PENDING_SQL, TrialRow
 
     with db.session() as session:
+        # Still pending once locked: not mirrored meanwhile by another worker, nor queued again
+        # by a retry (studies.db.retry), whose trial must not be written FAIL.
         row = session.execute(
             select(TrialRow)
-            .where(TrialRow.id == trial_id, TrialRow.optuna_final.is_(False))
+            .where(TrialRow.id == trial_id, text(OPTUNA_PENDING_SQL))
             .with_for_update()
         ).scalar_one_or_none()
         if row is None:
-            return 0  # another worker mirrored it meanwhile
+            return 0  # another worker mirrored it meanwhile, or it was queued again
         optuna_trial_id = row.optuna_trial_id
         wrote = 0
         if row.state != "cancelled" or optuna_trial_id is not None:
@@ -1093,10 +1159,12 @@ def _recreate_missing_mirrors(db: Database) -> None:
 def _sync_through_storage(db: Database, handle: StudyHandle, trial_id: int) -> int:
     from sqlalchemy import select, update
 
-    from studies.db.models import TrialRow
+    from studies.db.models import TERMINAL_STATES, TrialRow
 
     with db.session(readonly=True) as session:
         row = session.execute(select(TrialRow).where(TrialRow.id == trial_id)).scalar_one()
+    if row.state not in TERMINAL_STATES:
+        return 0  # queued again by a retry since it was found pending
     present = {
         t.user_attrs.get(OPTUNA_TRIAL_ID_ATTR): t._trial_id
         for t in get_storage(db.url).get_all_trials(handle.optuna_study_id, deepcopy=False)

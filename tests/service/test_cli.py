@@ -9,7 +9,7 @@ import pytest
 from service.cli import build_parser, main
 from service.version import __version__
 
-COMMANDS = ("serve", "up", "submit", "status", "list", "cancel", "report")
+COMMANDS = ("serve", "up", "submit", "status", "list", "cancel", "retry", "report")
 
 
 def test_top_level_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
@@ -83,7 +83,9 @@ def test_version_is_the_packages(capsys: pytest.CaptureFixture[str]) -> None:
     assert __version__ == version("adamod-lab")  # the installed distribution says the same
 
 
-@pytest.mark.parametrize("argv", [["cancel"], ["cancel", "x"], ["list", "--limit", "many"]])
+@pytest.mark.parametrize(
+    "argv", [["cancel"], ["cancel", "x"], ["retry"], ["retry", "x"], ["list", "--limit", "many"]]
+)
 def test_new_commands_check_their_arguments(
     argv: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
