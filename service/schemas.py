@@ -186,6 +186,11 @@ class TrialOut(BaseModel):
         description="The id of the identical earlier trial whose result this one copied "
         "(the study's `reuse`); null: trained.",
     )
+    resumed_from_step: int | None = Field(
+        default=None,
+        description="The step of the checkpoint this trial's last attempt resumed from; "
+        "null: trained from step 0.",
+    )
 
 
 class WorkloadOut(BaseModel):

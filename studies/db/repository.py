@@ -81,6 +81,7 @@ class TrialView:
     bound_stats: dict[str, Any] | None
     pack_size: int | None = None  # how many trials trained together (None: not finished)
     reused_from: int | None = None  # the trial whose result this one copied (None: trained)
+    resumed_from_step: int | None = None  # the checkpoint step its last attempt resumed from
 
 
 def spec_hash(spec: dict[str, Any]) -> str:
@@ -326,6 +327,7 @@ def _trial_view(row: TrialRow) -> TrialView:
         bound_stats=row.bound_stats,
         pack_size=(row.result or {}).get("pack_size"),
         reused_from=row.reused_from,
+        resumed_from_step=(row.result or {}).get("resumed_from_step"),
     )
 
 

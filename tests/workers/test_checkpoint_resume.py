@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from studies.db import create_study
+from studies.db.repository import list_trials
 from studies.spec import StudySpec, expand_grid
 from studies.trial import run_trial
 from tests.db.util import migrated
@@ -58,6 +59,8 @@ def test_a_killed_trial_resumes_from_its_checkpoint_to_the_same_result(
     resumed_from = row.result["resumed_from_step"]
     assert STEPS_PER_EPOCH * 8 <= resumed_from < EPOCHS * STEPS_PER_EPOCH  # fewer steps trained
     assert not saved.exists()  # deleted once the trial completed
+    (view_of_trial,) = list_trials(db, view.id) or []
+    assert view_of_trial.resumed_from_step == resumed_from  # what GET /studies/{id}/trials shows
 
     (config,) = expand_grid(spec)
     uninterrupted = run_trial(config)
