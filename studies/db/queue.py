@@ -139,10 +139,16 @@ def _lease_until(db: Database, lease_seconds: float) -> ColumnElement[Any]:
     return literal(utcnow() + timedelta(seconds=lease_seconds), UtcDateTime())
 
 
-def _study_cancelled() -> ColumnElement[Any]:
-    return (
-        select(StudyRow.cancelled).where(StudyRow.id == TrialRow.study_id).scalar_subquery()
-    ).is_(True)
+def _study_cancelled(*, locked: bool = False) -> ColumnElement[Any]:
+    """Whether the trial's study is cancelled. `locked`: read under a share lock of the study
+    row (PostgreSQL; SQLite has one writer at a time anyway), so that a hand-back or a failure
+    racing a cancel or a retry (both hold that row's lock while they change the flag) waits for
+    it and decides on the flag it committed, not the one before: a trial handed back just as its
+    study is retried is queued, not cancelled in a study that no longer is."""
+    flag = select(StudyRow.cancelled).where(StudyRow.id == TrialRow.study_id)
+    if locked:
+        flag = flag.with_for_update(read=True)
+    return flag.scalar_subquery().is_(True)
 
 
 def _held(claim: ClaimedTrial) -> ColumnElement[bool]:
@@ -615,7 +621,7 @@ def release_lease(db: Database, claim: ClaimedTrial, *, keep_curve: bool = False
     Its Optuna trial becomes WAITING (queued again; RUNNING once re-run) or PRUNED (cancelled,
     keeping the intermediate values written so far), in the same transaction.
     """
-    cancelled = _study_cancelled()
+    cancelled = _study_cancelled(locked=True)
     handle = _live_handle(db, claim)
     with db.session() as session:
         state = session.execute(
@@ -662,7 +668,7 @@ def _optuna_after_attempt(
 
 
 def _retry_or_fail(db: Database, max_attempts: int) -> dict[str, Any]:
-    cancelled = _study_cancelled()
+    cancelled = _study_cancelled(locked=True)
     final = cancelled | (TrialRow.attempts >= max_attempts)
     return {
         "state": case(
