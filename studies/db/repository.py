@@ -270,18 +270,26 @@ def list_studies(
         return [_to_view(row) for row in session.execute(query)]
 
 
+def lock_study_row(session: Any, study_id: int) -> StudyRow | None:
+    """Locks a study's row for a change of its flags (cancel, retry); None when it is absent.
+
+    FOR NO KEY UPDATE (key_share): the key is not changed, and a plain FOR UPDATE would conflict
+    with the KEY SHARE locks that foreign-key checks of concurrent trial writes take on this row,
+    which deadlocked against a worker holding a trial row (seen in CI). Workers settling a trial
+    read the study's cancelled flag under FOR SHARE (studies/db/queue.py), which waits for it.
+    """
+    return session.execute(
+        select(StudyRow).where(StudyRow.id == study_id).with_for_update(key_share=True)
+    ).scalar_one_or_none()
+
+
 def cancel_study(db: Database, study_id: int) -> StudyView | None:
     """Cancels a study: its queued trials never start; running ones stop at their next evaluation.
 
     A study whose trials have all finished is left as it is. None when the study does not exist.
     """
     with db.session() as session:
-        # FOR NO KEY UPDATE (key_share): the key is not changed, and a plain FOR UPDATE would
-        # conflict with the KEY SHARE locks that foreign-key checks of concurrent trial writes
-        # take on this row, which deadlocked against a worker holding a trial row (seen in CI).
-        study = session.execute(
-            select(StudyRow).where(StudyRow.id == study_id).with_for_update(key_share=True)
-        ).scalar_one_or_none()
+        study = lock_study_row(session, study_id)
         if study is None:
             return None
         unfinished = session.execute(

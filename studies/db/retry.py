@@ -29,9 +29,9 @@ from dataclasses import dataclass
 from sqlalchemy import null, select, update
 
 from studies.db.engine import Database
-from studies.db.models import StudyRow, TrialRow
+from studies.db.models import TrialRow
 from studies.db.optuna_bridge import direct_writes, handle_in_session, reopen_trials
-from studies.db.repository import StudyView, get_study
+from studies.db.repository import StudyView, get_study, lock_study_row
 
 __all__ = ["RETRIED_STATES", "RetryOutcome", "retry_study"]
 
@@ -51,11 +51,7 @@ def retry_study(db: Database, study_id: int) -> RetryOutcome | None:
     study does not exist. Nothing to retry is not an error: `requeued` is then 0."""
     direct = direct_writes(db.url)  # outside the transaction: it may read Optuna's schema
     with db.session() as session:
-        # FOR NO KEY UPDATE, as cancel_study: compatible with the KEY SHARE locks that foreign-key
-        # checks of concurrent trial writes take on this row.
-        study = session.execute(
-            select(StudyRow).where(StudyRow.id == study_id).with_for_update(key_share=True)
-        ).scalar_one_or_none()
+        study = lock_study_row(session, study_id)  # as cancel_study does
         if study is None:
             return None
         retried = session.execute(
