@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from service.cli_preflight import database_problem, port_problem, safe_url
-from service.settings import Settings
+from service.settings import SecretFileError, Settings, env_or_file
 
 
 def load_settings(command: str, **overrides: Any) -> Settings:
@@ -25,6 +25,8 @@ def load_settings(command: str, **overrides: Any) -> Settings:
     given = {key: value for key, value in overrides.items() if value is not None}
     try:
         return Settings(**given)
+    except SecretFileError as exc:  # ADAMOD_LAB_*_FILE: unreadable, empty, or set twice
+        raise SystemExit(f"adamod-lab {command}: invalid setting: {exc}") from None
     except ValidationError as exc:
         fields = "; ".join(
             f"ADAMOD_LAB_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
@@ -94,7 +96,10 @@ class _Stop(Exception):
 def _database_url(args: argparse.Namespace) -> str:
     database_url = args.database_url
     if database_url is None:
-        database_url = os.environ.get("ADAMOD_LAB_DATABASE_URL")
+        try:  # or the file ADAMOD_LAB_DATABASE_URL_FILE names
+            database_url = env_or_file("ADAMOD_LAB_DATABASE_URL")
+        except SecretFileError as exc:
+            raise SystemExit(f"adamod-lab up: {exc}") from None
     # Set but empty is a mistake, not a request for the default: a SQLite file would appear in
     # the data directory and studies would go there instead of the intended database.
     if database_url is not None and not database_url.strip():
@@ -131,6 +136,7 @@ def up(args: argparse.Namespace) -> int:
         print(f"adamod-lab up: {problem}", file=sys.stderr)
         return 1
     env = {**os.environ, "ADAMOD_LAB_DATABASE_URL": database_url}
+    env.pop("ADAMOD_LAB_DATABASE_URL_FILE", None)  # the URL itself, read once, goes to children
     if args.allow_no_auth:
         env["ADAMOD_LAB_ALLOW_NO_AUTH"] = "1"
     return _supervise(args, database_url, env)

@@ -98,6 +98,7 @@ def running_server(
     port = free_port(host)
     url = f"http://{host}:{port}"
     full_env = {**os.environ, **(env or {}), "ADAMOD_LAB_DATABASE_URL": database_url}
+    full_env.pop("ADAMOD_LAB_DATABASE_URL_FILE", None)  # the URL given wins over a secrets file
     log = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
     process = spawn(server_command(host, port), full_env, stdout=log, stderr=subprocess.STDOUT)
     try:

@@ -1,20 +1,63 @@
-"""The service's configuration: one pydantic-settings object read from ADAMOD_LAB_* variables."""
+"""The service's configuration: one pydantic-settings object read from ADAMOD_LAB_* variables.
+
+The two secrets can come from files instead (the `_FILE` convention of the official postgres
+image, for Docker or Kubernetes secrets): ADAMOD_LAB_DATABASE_URL_FILE and
+ADAMOD_LAB_API_TOKENS_FILE name a file holding the value (surrounding blanks and the final newline
+ignored). Setting both a variable and its _FILE, or naming a file that cannot be read or is empty,
+stops start-up with a SecretFileError that names the variable and the file.
+"""
 
 from __future__ import annotations
 
 import ipaddress
 import os
-from typing import Annotated
+from collections.abc import Mapping
+from typing import Annotated, Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite:///./adamod_lab.db"
 
 
+# Settings that may be read from the file named by the variable's name + "_FILE".
+SECRET_FILE_FIELDS = ("database_url", "api_tokens")
+
+
+class SecretFileError(Exception):
+    """A NAME_FILE variable that cannot be used: unreadable or empty file, or NAME set as well.
+
+    Not a ValueError, so that pydantic lets it through as it is (it is about the environment, not
+    about one field's value) and start-up reports it in one line.
+    """
+
+
+def env_or_file(name: str, environ: Mapping[str, str] | None = None) -> str | None:
+    """The value of variable ``name``, or the contents of the file named by ``name``_FILE.
+
+    None when neither is set (an empty NAME_FILE counts as unset). The same rule as
+    studies.db.engine.database_url_from_env, without importing the database layer here.
+    """
+    environ = os.environ if environ is None else environ
+    path = environ.get(f"{name}_FILE") or ""
+    if not path:
+        return environ.get(name)
+    if environ.get(name):
+        raise SecretFileError(f"both {name} and {name}_FILE are set: set only one of them")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            value = handle.read().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise SecretFileError(f"{name}_FILE={path}: cannot read the file: {reason}") from None
+    if not value:
+        raise SecretFileError(f"{name}_FILE={path}: the file is empty")
+    return value
+
+
 def _default_database_url() -> str:
     # Same rule as studies.db.database_url_from_env, without importing the database layer here.
-    return os.environ.get("ADAMOD_LAB_DATABASE_URL") or DEFAULT_DATABASE_URL
+    return env_or_file("ADAMOD_LAB_DATABASE_URL") or DEFAULT_DATABASE_URL
 
 
 class Settings(BaseSettings):
@@ -46,6 +89,22 @@ class Settings(BaseSettings):
         default=False,
         description="Serve beyond loopback without tokens anyway (behind a proxy that checks).",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _secret_files(cls, data: Any) -> Any:
+        # ADAMOD_LAB_X_FILE stands for ADAMOD_LAB_X; a value given as an argument (the command
+        # line's --database-url) wins over the file, as it does over the variable.
+        if not isinstance(data, dict):
+            return data
+        for field in SECRET_FILE_FIELDS:
+            name = f"ADAMOD_LAB_{field.upper()}"
+            if not os.environ.get(f"{name}_FILE"):
+                continue
+            if field in data and name not in os.environ:
+                continue
+            data = {**data, field: env_or_file(name)}
+        return data
 
     @field_validator("api_tokens", mode="before")
     @classmethod

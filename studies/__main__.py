@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from pydantic import ValidationError
 
-from studies.spec import DEFAULT_MAX_TRIALS, load_spec
+from studies.spec import DEFAULT_MAX_TRIALS, load_spec, read_spec_file
 
 __all__ = ["main"]
 
@@ -121,7 +121,13 @@ def _compare(dirs: Sequence[str], out: str) -> int:
 
 def _print_validation_error(path: str, exc: ValidationError) -> None:
     print(f"error: {path} is not a valid StudySpec:", file=sys.stderr)
-    for err in exc.errors():
+    from studies.spec_suggest import suggest_fields
+
+    try:  # read again (it just parsed): the workload named there says what workload_config holds
+        data = read_spec_file(path)
+    except (OSError, ValueError):
+        data = None
+    for err in suggest_fields(exc.errors(), data):  # "did you mean 'seeds'?" for `seed`
         where = ".".join(str(part) for part in err["loc"]) or "(spec)"
         print(f"  {where}: {err['msg']}", file=sys.stderr)
 

@@ -136,8 +136,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=level, format="%(asctime)s worker[%(process)d] %(levelname)s %(message)s"
     )
     logging.getLogger("alembic").setLevel(max(level, logging.WARNING))
+    try:
+        database_url = args.database_url or database_url_from_env()
+    except ValueError as exc:  # an unreadable or empty ADAMOD_LAB_DATABASE_URL_FILE
+        parser.error(str(exc))
     options = WorkerOptions(
-        database_url=args.database_url or database_url_from_env(),
+        database_url=database_url,
         device=args.device,
         lease_seconds=args.lease_seconds,
         poll_interval=args.poll_interval,

@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +49,29 @@ _MIGRATION_LOCK_KEY = 0x4144414D4F44
 
 
 def database_url_from_env() -> str:
-    """The database URL from ADAMOD_LAB_DATABASE_URL, or a SQLite file in the working directory."""
-    return os.environ.get(ENV_DATABASE_URL) or DEFAULT_DATABASE_URL
+    """The database URL from ADAMOD_LAB_DATABASE_URL, or from the file that
+    ADAMOD_LAB_DATABASE_URL_FILE names (a Docker secret), or a SQLite file in the working directory.
+
+    The rule of service.settings.env_or_file (kept import-light there); raises ValueError naming
+    the variable for an unreadable or empty file, or when both variables are set.
+    """
+    path = os.environ.get(f"{ENV_DATABASE_URL}_FILE") or ""
+    if not path:
+        return os.environ.get(ENV_DATABASE_URL) or DEFAULT_DATABASE_URL
+    if os.environ.get(ENV_DATABASE_URL):
+        raise ValueError(
+            f"both {ENV_DATABASE_URL} and {ENV_DATABASE_URL}_FILE are set: set only one of them"
+        )
+    try:
+        url = Path(path).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ValueError(
+            f"{ENV_DATABASE_URL}_FILE={path}: cannot read the file: {reason}"
+        ) from None
+    if not url:
+        raise ValueError(f"{ENV_DATABASE_URL}_FILE={path}: the file is empty")
+    return url
 
 
 def normalize_database_url(url: str) -> str:
@@ -110,6 +133,50 @@ def json_dumps(value: Any) -> str:
     return json.dumps(value, allow_nan=False, separators=(",", ":"), default=_json_default)
 
 
+def _expanded(text: str) -> str:
+    # "1e+25" -> "10000000000000000000000000.0": the same digits, written out, with a fraction.
+    return f"{Decimal(text):f}.0"
+
+
+def _mark_whole_floats(value: Any, marks: dict[str, str], prefix: str) -> Any:
+    """``value`` with every float that repr writes as ``1e+25`` replaced by a unique marker."""
+    if isinstance(value, float):
+        text = repr(value)
+        if "e+" not in text:
+            return value
+        mark = f"{prefix}{len(marks)}"
+        marks[mark] = _expanded(text)
+        return mark
+    if isinstance(value, dict):
+        return {key: _mark_whole_floats(item, marks, prefix) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_mark_whole_floats(item, marks, prefix) for item in value]
+    return value
+
+
+def postgres_json_dumps(value: Any) -> str:
+    """json_dumps for JSONB columns, which keep the float-ness of the floats sent.
+
+    JSONB stores numbers as `numeric` and writes 1e25 back as 10000000000000000000000000, which
+    Python reads as an int: every float that repr writes with an exponent ``e+`` (whole numbers
+    from 1e16 up) would come back as an int from PostgreSQL, and as a float from SQLite. Written
+    out with a fraction ("10000000000000000000000000.0", the same decimal digits as repr's),
+    numeric keeps the scale and JSONB hands back a float of the same value; numerically equal to
+    the bare integer, so JSONB comparisons with rows stored before are unchanged. Everything else
+    is json_dumps's text (the usual case, no 'e+' anywhere in it, costs a substring search).
+    -0.0 reads back as 0.0: numeric has no negative zero.
+    """
+    text = json_dumps(value)
+    if "e+" not in text:
+        return text
+    marks: dict[str, str] = {}
+    prefix = f"\x00float-{uuid.uuid4().hex}-"
+    text = json_dumps(_mark_whole_floats(value, marks, prefix))
+    for mark, number in marks.items():
+        text = text.replace(json.dumps(mark), number)
+    return text
+
+
 def finite_or_none(value: float | None) -> float | None:
     """A float that JSON and SQL can store: NaN and infinities become None."""
     if value is None:
@@ -153,7 +220,7 @@ class Database:
         else:
             self.engine = create_engine(
                 self.url,
-                json_serializer=json_dumps,
+                json_serializer=postgres_json_dumps,
                 # A restarted server leaves dead connections in the pool: test them before use.
                 pool_pre_ping=pre_ping,
                 pool_size=5,

@@ -158,6 +158,11 @@ def test_floats_come_back_as_floats(api: Api) -> None:
     listed = api.client.get("/studies", params={"limit": 500}).json()
     mine = next(s for s in listed if s["id"] == created["id"])
     assert isinstance(mine["spec"]["lr"]["values"][1], float)
+    # The trial rows too, and in the response's JSON text as sent (1e+25, not 1000...0).
+    response = api.client.get(f"/studies/{created['id']}/trials")
+    assert sorted(t["params"]["lr"] for t in response.json()) == [1e-3, 1e25]
+    assert all(isinstance(t["params"]["lr"], float) for t in response.json())
+    assert "1e+25" in response.text and "10000000000000000000000000" not in response.text
 
 
 def test_outcome_is_0_only_when_every_trial_completed_or_diverged() -> None:

@@ -111,6 +111,21 @@ def test_cli_reports_bad_specs_with_the_field(tmp_path: Path, capsys) -> None:  
     assert "maximum of 3" in capsys.readouterr().err
 
 
+def test_cli_suggests_the_field_meant(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    typo = tmp_path / "typo.yaml"
+    typo.write_text(
+        "name: x\nworkload: noop\nseed: 2\nlr: {value: [0.1]}\nbudget: {step: 2}\n"
+        "workload_config: {step_per_epoch: 2}\n"
+    )
+    assert main(["validate", str(typo)]) == 2
+    err = capsys.readouterr().err
+    meant = "unknown field 'seed'; did you mean 'seeds'?"
+    assert f"  seed: Extra inputs are not permitted: {meant}" in err
+    assert "lr.value: " in err and "did you mean 'values'?" in err
+    assert "budget.step: " in err and "did you mean 'steps'?" in err
+    assert "did you mean 'steps_per_epoch'?" in err
+
+
 def test_cli_lists_workloads(capsys) -> None:  # type: ignore[no-untyped-def]
     assert main(["workloads"]) == 0
     out = capsys.readouterr().out
