@@ -15,6 +15,7 @@ from studies.spec_suggest import suggest_fields
 
 # A body with thousands of bad strings needs only the first few named to be fixed.
 MAX_TEXT_ERRORS = 20
+MAX_REPORTED_ERRORS = 50  # validation errors listed in one 422
 
 
 def _reject_constant(name: str) -> Any:
@@ -98,8 +99,20 @@ def validate_spec(data: Any, *, max_trials: int) -> StudySpec:
     try:
         spec = StudySpec.model_validate(data, context={"max_trials": max_trials})
     except ValidationError as exc:
-        errors = suggest_fields(exc.errors(), data)  # "did you mean 'seeds'?" for `seed`
-        raise RequestValidationError(validation_details(errors, prefix=("body",))) from None
+        # The first MAX_REPORTED_ERRORS only: a 1 MB body of 50,000 unknown keys must not become
+        # a 16 MB answer (nor 50,000 "did you mean" searches).
+        found = exc.errors()
+        errors = suggest_fields(found[:MAX_REPORTED_ERRORS], data)  # "did you mean 'seeds'?"
+        details = validation_details(errors, prefix=("body",))
+        if len(found) > MAX_REPORTED_ERRORS:
+            details.append(
+                {
+                    "loc": ["body"],
+                    "msg": f"and {len(found) - MAX_REPORTED_ERRORS} more errors not shown",
+                    "type": "too_many_errors",
+                }
+            )
+        raise RequestValidationError(details) from None
     return spec
 
 

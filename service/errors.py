@@ -40,8 +40,16 @@ def printable_text(value: str) -> str:
     return value.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+MAX_ECHOED_CHARS = 200  # of a field name or a message echoed in an error
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= MAX_ECHOED_CHARS else text[:MAX_ECHOED_CHARS] + "..."
+
+
 def _loc_part(part: Any) -> Any:
-    return printable_text(part) if isinstance(part, str) else part
+    # A 1 MB key is named by its first characters, not echoed whole.
+    return printable_text(_short(part)) if isinstance(part, str) else part
 
 
 def _scalar_input(value: Any) -> Any:
@@ -57,13 +65,18 @@ def _scalar_input(value: Any) -> Any:
     return None
 
 
+def _short_message(text: str) -> str:
+    # Messages quote what they are about (an unknown key, "did you mean"): keep them readable.
+    return text if len(text) <= 10 * MAX_ECHOED_CHARS else text[: 10 * MAX_ECHOED_CHARS] + "..."
+
+
 def validation_details(errors: Sequence[Any], prefix: tuple[str | int, ...] = ()) -> list[dict]:
     """pydantic errors as FastAPI's 422 list: loc (field path), msg, type, and a small input."""
     details = []
     for error in errors:
         item: dict[str, Any] = {
             "loc": [_loc_part(part) for part in (*prefix, *error.get("loc", ()))],
-            "msg": printable_text(str(error.get("msg", "invalid value"))),
+            "msg": printable_text(_short_message(str(error.get("msg", "invalid value")))),
             "type": str(error.get("type", "value_error")),
         }
         if "input" in error:

@@ -269,6 +269,17 @@ class LrGrid(BaseModel):
         return out
 
 
+def _without_negative_zero(value: Any) -> Any:
+    """`value` with every -0.0 (in nested dicts and lists too) replaced by 0.0."""
+    if isinstance(value, float):
+        return 0.0 if value == 0.0 else value
+    if isinstance(value, dict):
+        return {key: _without_negative_zero(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_without_negative_zero(item) for item in value]
+    return value
+
+
 class StudySpec(BaseModel):
     """A study: one workload, a grid of optimizer × schedule × lr × β3 × warmup × seed, a budget."""
 
@@ -351,6 +362,13 @@ class StudySpec(BaseModel):
 
         get_workload(value)  # raises UnknownWorkloadError (a ValueError) naming the known ones
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_negative_zero(cls, data: Any) -> Any:
+        """-0.0 is 0.0 here: equal to it in every use, and PostgreSQL's JSONB (numeric) cannot
+        store the sign, so keeping it would store one spec two ways on the two backends."""
+        return _without_negative_zero(data)
 
     @field_validator("workload_config")
     @classmethod
