@@ -42,11 +42,9 @@ def test_a_killed_trial_resumes_from_its_checkpoint_to_the_same_result(
     common = ["--checkpoint-dir", str(checkpoints), "--checkpoint-every", "1", "--pack-size", "1"]
     first = worker_processes.start(sqlite_url, *common, "--lease-seconds", "2")
     saved = checkpoints / f"trial-{trial_rows(db, view.id)[0].id}.pt"
-    wait_for(
-        lambda: saved.exists() and len(trial_rows(db, view.id)[0].curve or []) >= 8,
-        timeout=120,
-        what="a checkpoint a few epochs in",
-    )
+    # The first checkpoint comes after epoch 1, seconds before the end: kill it then (a
+    # condition on the written curve as well could miss the window while the trial finishes).
+    wait_for(saved.exists, timeout=120, what="the trial's first checkpoint")
     first.send_signal(signal.SIGKILL)  # and with it its trainer
     first.wait(timeout=10)
     second = worker_processes.start(
@@ -57,7 +55,7 @@ def test_a_killed_trial_resumes_from_its_checkpoint_to_the_same_result(
     (row,) = trial_rows(db, view.id)
     assert row.state == "completed" and row.attempts == 2, worker_processes.log(second)
     resumed_from = row.result["resumed_from_step"]
-    assert STEPS_PER_EPOCH * 8 <= resumed_from < EPOCHS * STEPS_PER_EPOCH  # fewer steps trained
+    assert STEPS_PER_EPOCH <= resumed_from < EPOCHS * STEPS_PER_EPOCH  # fewer steps trained
     assert not saved.exists()  # deleted once the trial completed
     (view_of_trial,) = list_trials(db, view.id) or []
     assert view_of_trial.resumed_from_step == resumed_from  # what GET /studies/{id}/trials shows
