@@ -234,7 +234,9 @@ def _child_main(conn: Connection, parent_pid: int, log_level: int) -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     from studies.pack import run_pack
     from studies.trial import run_trial
+    from studies.warm import warm_up
 
+    warm_up()  # the first optimizer's and vmap's lazy imports, before any trial waits on them
     while True:
         try:
             job: TrainingJob = conn.recv()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -21,6 +22,7 @@ from torch.nn import functional as F
 from studies.workloads.base import MetricsFn
 
 __all__ = [
+    "ShuffledBatches",
     "batch_generator",
     "classifier_evaluator",
     "classifier_metrics",
@@ -39,6 +41,34 @@ _SEED_STRIDE = 1_000_003
 def batch_generator(seed: int, epoch: int) -> torch.Generator:
     """A fresh CPU generator for the batches of (seed, epoch): no global state involved."""
     return torch.Generator().manual_seed(seed * _SEED_STRIDE + epoch)
+
+
+@dataclass(frozen=True)
+class ShuffledBatches:
+    """A Problem's `train_batches` for fixed training tensors shuffled each epoch by the seed:
+    epoch e's batches are consecutive `batch_size` slices of a permutation drawn from
+    batch_generator(seed, e), each batch a tuple with one indexed slice of every tensor.
+
+    The pack runner recognises it: members whose tensors are equal (the same data, in different
+    seeds' orders) are gathered for all members with one indexing per tensor and epoch, rather
+    than one per member and batch; each member's batches are the same either way.
+    """
+
+    data: tuple[Tensor, ...]  # the training tensors, indexed along their first dimension
+    batch_size: int
+    seed: int
+
+    def order(self, epoch: int) -> Tensor:
+        """This epoch's permutation of the training rows, on the data's device."""
+        n = len(self.data[0])
+        return torch.randperm(n, generator=batch_generator(self.seed, epoch)).to(
+            self.data[0].device
+        )
+
+    def __call__(self, epoch: int) -> list[tuple[Tensor, ...]]:
+        return [
+            tuple(t[idx] for t in self.data) for idx in self.order(epoch).split(self.batch_size)
+        ]
 
 
 @contextmanager

@@ -23,7 +23,7 @@ from torch.nn import functional as F
 from studies.budget import Budget
 from studies.workloads.base import Problem, Workload
 from studies.workloads.common import (
-    batch_generator,
+    ShuffledBatches,
     classifier_metrics,
     content_sha256,
     float_metrics,
@@ -143,10 +143,6 @@ def _build(config: DigitsConfig, seed: int, device: torch.device) -> Problem:
     n = len(y_train)
     steps_per_epoch = -(-n // config.batch_size)
 
-    def train_batches(epoch: int) -> list[tuple[Tensor, Tensor]]:
-        order = torch.randperm(n, generator=batch_generator(seed, epoch)).to(device)
-        return [(x_train[idx], y_train[idx]) for idx in order.split(config.batch_size)]
-
     def loss_fn(m: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
         x, y = batch
         return F.cross_entropy(m(x), y)
@@ -157,7 +153,7 @@ def _build(config: DigitsConfig, seed: int, device: torch.device) -> Problem:
         test_metrics = classifier_metrics(on_device(x, "test"), on_device(y, "test"))
     return Problem(
         model=model,
-        train_batches=train_batches,
+        train_batches=ShuffledBatches((x_train, y_train), config.batch_size, seed),
         loss_fn=loss_fn,
         evaluate=float_metrics(metrics),
         evaluate_test=None if test_metrics is None else float_metrics(test_metrics),

@@ -51,7 +51,7 @@ from torch.nn import functional as F
 from studies.budget import Budget
 from studies.workloads.base import Problem, Workload
 from studies.workloads.common import (
-    batch_generator,
+    ShuffledBatches,
     classifier_metrics,
     content_sha256,
     float_metrics,
@@ -303,10 +303,6 @@ def _build(config: Mnist1dConfig, seed: int, device: torch.device) -> Problem:
     n_train = len(y_train)
     steps_per_epoch = -(-n_train // config.batch_size)
 
-    def train_batches(epoch: int) -> list[tuple[Tensor, Tensor]]:
-        order = torch.randperm(n_train, generator=batch_generator(seed, epoch)).to(device)
-        return [(x_train[idx], y_train[idx]) for idx in order.split(config.batch_size)]
-
     def loss_fn(m: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
         xb, yb = batch
         return F.cross_entropy(m(xb), yb)
@@ -315,7 +311,7 @@ def _build(config: Mnist1dConfig, seed: int, device: torch.device) -> Problem:
     test_metrics = classifier_metrics(on_device(x, test_idx), on_device(y, test_idx))
     return Problem(
         model=model,
-        train_batches=train_batches,
+        train_batches=ShuffledBatches((x_train, y_train), config.batch_size, seed),
         loss_fn=loss_fn,
         evaluate=float_metrics(metrics),
         evaluate_test=float_metrics(test_metrics),
