@@ -10,6 +10,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from service.reportcache import ReportCache
 from service.settings import Settings
+from service.ui_session import COOKIE_NAME, session_is_valid
 from studies.db import Database
 
 # Ids are 32-bit integers in every database we support; anything larger cannot name a study and
@@ -43,7 +44,8 @@ ReportCacheDep = Annotated[ReportCache, Depends(get_report_cache)]
 StudyId = Annotated[int, Path(ge=1, le=MAX_ID, description="The study's id.")]
 
 
-def _token_matches(given: str, tokens: list[str]) -> bool:
+def token_matches(given: str, tokens: list[str]) -> bool:
+    """True when ``given`` is one of ``tokens``, in time that does not depend on which is close."""
     # compare_digest on bytes: str arguments must be ASCII and a header may hold anything.
     given_bytes = given.encode("utf-8", "surrogateescape")
     matched = False
@@ -52,15 +54,19 @@ def _token_matches(given: str, tokens: list[str]) -> bool:
     return matched
 
 
+def _unauthorized() -> HTTPException:
+    return HTTPException(
+        status_code=status.HTTP_401_UNAUTHORIZED,
+        detail="missing or invalid bearer token (Authorization: Bearer <token>)",
+        headers={"WWW-Authenticate": "Bearer"},
+    )
+
+
 def _check(settings: Settings, credentials: HTTPAuthorizationCredentials | None) -> str:
     if not settings.api_tokens:
         return "anonymous"
-    if credentials is None or not _token_matches(credentials.credentials, settings.api_tokens):
-        raise HTTPException(
-            status_code=status.HTTP_401_UNAUTHORIZED,
-            detail="missing or invalid bearer token (Authorization: Bearer <token>)",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+    if credentials is None or not token_matches(credentials.credentials, settings.api_tokens):
+        raise _unauthorized()
     return "token"
 
 
@@ -72,15 +78,34 @@ def require_writer(
     return _check(settings, credentials)
 
 
-def require_reader(
+def optional_reader(
+    request: Request,
     settings: SettingsDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> str:
-    """Who is calling a read route; checked only when ADAMOD_LAB_PROTECT_READS is true."""
-    if not settings.protect_reads:
+) -> str | None:
+    """Who is calling a read route; None when reads are protected and nothing valid came.
+
+    A bearer token, or for GET and HEAD the web UI's session cookie (service.ui_session): never
+    for a mutating route, which is what keeps the cookie from being a CSRF risk.
+    """
+    if not settings.protect_reads or not settings.api_tokens:
         return "anonymous"
-    return _check(settings, credentials)
+    if credentials is not None and token_matches(credentials.credentials, settings.api_tokens):
+        return "token"
+    if request.method in ("GET", "HEAD") and session_is_valid(
+        request.cookies.get(COOKIE_NAME), settings.api_tokens
+    ):
+        return "session"
+    return None
+
+
+def require_reader(caller: Annotated[str | None, Depends(optional_reader)]) -> str:
+    """Who is calling a read route; checked only when ADAMOD_LAB_PROTECT_READS is true."""
+    if caller is None:
+        raise _unauthorized()
+    return caller
 
 
 CallerDep = Annotated[str, Depends(require_writer)]
 ReaderDep = Annotated[str, Depends(require_reader)]
+OptionalReaderDep = Annotated[str | None, Depends(optional_reader)]

@@ -4,8 +4,11 @@ Pages are Jinja2 templates with autoescaping on, so a study name or an error mes
 markup. The tables are in the HTML (the pages work without JavaScript); JavaScript adds live
 progress (polling the JSON API, stopping at a final status) and plotly.js charts, served from the
 `plotly` package's own plotly.min.js under /ui/static/ (no CDN). The pages are readable exactly as
-the JSON GET routes are (ReaderDep); the one mutating action, cancel, calls `DELETE /studies/{id}`
-from the browser with the token the user entered, kept in sessionStorage.
+the JSON GET routes are; when reads are protected (ADAMOD_LAB_PROTECT_READS), a page asked for
+without a token answers a sign-in form (401, no JavaScript needed) that POSTs a token to
+/ui/session, which sets a session cookie (service.ui_session) and sends the browser back. That
+cookie is good for reads only: the one mutating action, cancel, calls `DELETE /studies/{id}` from
+the browser with the bearer token the user entered, kept in sessionStorage.
 """
 
 from __future__ import annotations
@@ -15,19 +18,30 @@ from datetime import datetime
 from importlib.resources import files
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import parse_qs
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, HTTPException, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse, HTMLResponse
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, FileSystemLoader
 
-from service.deps import MAX_ID, DbDep, ReaderDep, ReportCacheDep
+from service.deps import (
+    MAX_ID,
+    DbDep,
+    OptionalReaderDep,
+    ReportCacheDep,
+    SettingsDep,
+    token_matches,
+)
 from service.errors import printable_text
 from service.reportcache import ReportCache
-from service.routes.compare import _compare, parse_study_ids
 from service.schemas import STUDY_STATUSES
-from studies.db import Database, get_study, list_studies, list_trials
+from service.settings import Settings
+from service.ui_session import COOKIE_NAME, local_path, revoke, session_value
+from service.ui_trials import trial_table
+from service.views import compare_studies, parse_study_ids
+from studies.db import Database, get_study, list_studies
 
 router = APIRouter(include_in_schema=False)
 
@@ -71,8 +85,9 @@ def _page(
     request: Request, name: str, context: dict[str, Any], status_code: int = 200
 ) -> HTMLResponse:
     base = request.scope.get("root_path", "")
+    signed_in = COOKIE_NAME in request.cookies  # offer to sign out
     return templates.TemplateResponse(
-        request, name, {"base": base, **context}, status_code=status_code
+        request, name, {"base": base, "signed_in": signed_in, **context}, status_code=status_code
     )
 
 
@@ -80,6 +95,82 @@ def error_page(request: Request, status_code: int, title: str, message: str) -> 
     """An HTML error page (the JSON routes keep FastAPI's JSON errors)."""
     context = {"title": title, "message": message, "status_code": status_code}
     return _page(request, "error.html", context, status_code=status_code)
+
+
+def sign_in_page(
+    request: Request, next_path: str | None = None, error: str | None = None
+) -> HTMLResponse:
+    """401 with a form for a token (reads are protected and the request brought none valid)."""
+    if next_path is None:
+        query = request.url.query
+        next_path = request.url.path + (f"?{query}" if query else "")
+    base = request.scope.get("root_path", "")
+    context = {"title": "Sign in", "next": local_path(next_path, f"{base}/"), "error": error}
+    response = _page(request, "signin.html", context, status_code=401)
+    response.headers["WWW-Authenticate"] = "Bearer"
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def _form_fields(body: bytes) -> dict[str, str]:
+    try:
+        fields = parse_qs(body.decode("utf-8", "replace"), max_num_fields=10)
+    except ValueError:  # more fields than any form of ours sends
+        return {}
+    return {name: values[0] for name, values in fields.items()}
+
+
+@router.post("/ui/session", response_class=HTMLResponse)
+async def sign_in(request: Request, settings: SettingsDep) -> Response:
+    """The sign-in form's target: a valid token sets the session cookie, then 303 to `next`."""
+    content_type = request.headers.get("content-type", "")
+    body = await request.body()
+    fields = (
+        _form_fields(body) if content_type.startswith("application/x-www-form-urlencoded") else {}
+    )
+    base = request.scope.get("root_path", "")
+    target = local_path(fields.get("next"), f"{base}/")
+    token = fields.get("token", "").strip()  # as in ADAMOD_LAB_API_TOKENS: blanks around ignored
+    if not (settings.protect_reads and settings.api_tokens):  # nothing to sign in to
+        return RedirectResponse(target, status_code=303)
+    if not token or not token_matches(token, settings.api_tokens):
+        message = "That is not a valid token for this server." if token else "Enter a token."
+        return sign_in_page(request, target, message)
+    response = RedirectResponse(target, status_code=303)
+    response.set_cookie(
+        COOKIE_NAME,
+        session_value(token),
+        path="/",
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+    )
+    return response
+
+
+def _signed_out(response: Response, request: Request, settings: Settings) -> Response:
+    revoke(request.cookies.get(COOKIE_NAME), settings.api_tokens)
+    response.delete_cookie(
+        COOKIE_NAME,
+        path="/",
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+    )
+    return response
+
+
+@router.delete("/ui/session", status_code=204)
+def delete_session(request: Request, settings: SettingsDep) -> Response:
+    """Signs this browser out: the session cookie is cleared, and no longer valid anywhere."""
+    return _signed_out(Response(status_code=204), request, settings)
+
+
+@router.post("/ui/sign-out")
+def sign_out(request: Request, settings: SettingsDep) -> Response:
+    """The sign-out button (a form, no JavaScript): clears the cookie, then 303 to the list."""
+    base = request.scope.get("root_path", "")
+    return _signed_out(RedirectResponse(f"{base}/", status_code=303), request, settings)
 
 
 def _parse_id(raw: str) -> int | None:
@@ -94,11 +185,13 @@ def _done(progress: dict[str, int]) -> int:
 def index(
     request: Request,
     db: DbDep,
-    reader: ReaderDep,
+    reader: OptionalReaderDep,
     status: Annotated[str | None, Query(max_length=40)] = None,
     page: Annotated[str | None, Query(max_length=12)] = None,
 ) -> HTMLResponse:
     """Every study, newest first, optionally of one status; a form to compare several."""
+    if reader is None:
+        return sign_in_page(request)
     status = status or None  # the filter form sends "" for "all"
     if status is not None and status not in STUDY_STATUSES:
         return error_page(
@@ -129,22 +222,17 @@ def index(
 
 
 def _study_context(db: Database, cache: ReportCache, study_id: int) -> dict[str, Any] | None:
-    """Everything the study page shows, read in one worker thread; None for an unknown study."""
+    """Everything the study page shows, read in one worker thread; None for an unknown study.
+
+    The report comes from the cache (built once per progress, whoever asks first: this page, its
+    script's GET /report, or the fragment); the trial table is read without curves or telemetry.
+    """
     view = get_study(db, study_id)
     if view is None:
         return None
     entry = cache.get(db, view)
     report = json.loads(entry.json_bytes)  # as clients see it: non-finite numbers are null
-    trials = list_trials(db, study_id) or []
-    rows = [
-        {
-            "trial": t,
-            # Rows stored before trial packs have no pack size: they were trained alone.
-            "pack_size": (t.pack_size or 1) if t.state in ("completed", "diverged") else None,
-            "worker": t.worker or {},
-        }
-        for t in trials
-    ]
+    rows = trial_table(db, study_id) or []
     return {
         "title": f"Study {view.id}: {view.name}",
         "study": view,
@@ -172,9 +260,11 @@ async def _study_or_404(
 
 @router.get("/ui/studies/{study_id}", response_class=HTMLResponse)
 async def study_page(
-    request: Request, study_id: str, db: DbDep, cache: ReportCacheDep, reader: ReaderDep
+    request: Request, study_id: str, db: DbDep, cache: ReportCacheDep, reader: OptionalReaderDep
 ) -> HTMLResponse:
     """One study: progress, lr curves and surfaces, comparisons, the trial table."""
+    if reader is None:
+        return sign_in_page(request)
     context = await _study_or_404(request, db, cache, study_id)
     if isinstance(context, HTMLResponse):
         return context
@@ -183,9 +273,11 @@ async def study_page(
 
 @router.get("/ui/studies/{study_id}/tables", response_class=HTMLResponse)
 async def study_tables(
-    request: Request, study_id: str, db: DbDep, cache: ReportCacheDep, reader: ReaderDep
+    request: Request, study_id: str, db: DbDep, cache: ReportCacheDep, reader: OptionalReaderDep
 ) -> HTMLResponse:
     """The study page's tables alone: what its script swaps in when the progress moves."""
+    if reader is None:
+        return sign_in_page(request)
     context = await _study_or_404(request, db, cache, study_id)
     if isinstance(context, HTMLResponse):
         return context
@@ -197,10 +289,12 @@ async def compare_page(
     request: Request,
     db: DbDep,
     cache: ReportCacheDep,
-    reader: ReaderDep,
+    reader: OptionalReaderDep,
     studies: Annotated[list[str] | None, Query(max_length=1000)] = None,
 ) -> HTMLResponse:
     """Several studies compared (the JSON /compare's numbers); `studies=1,2` or repeated."""
+    if reader is None:
+        return sign_in_page(request)
     parts = [p.strip() for s in (studies or []) for p in s.split(",") if p.strip()]
     raw = ",".join(parts)
     context: dict[str, Any] = {"title": "Compare studies", "raw": raw, "comparison": None}
@@ -209,7 +303,7 @@ async def compare_page(
     elif parts:
         try:
             ids = parse_study_ids(raw)
-            context["comparison"] = await run_in_threadpool(_compare, db, cache, ids)
+            context["comparison"] = await run_in_threadpool(compare_studies, db, cache, ids)
         except HTTPException as exc:
             detail = exc.detail
             message = detail[0]["msg"] if isinstance(detail, list) else str(detail)

@@ -1,5 +1,6 @@
 // Study page: live progress by polling GET /studies/{id} every 2 s until a final status, and the
-// plotly charts (lr curves, lr x beta3 surfaces) drawn from the report JSON.
+// plotly charts (lr curves, lr x beta3 surfaces) drawn from the report JSON. With protected reads
+// the requests carry the session cookie of the sign-in form (and the kept token, if any).
 (function () {
   "use strict";
   var root = document.getElementById("study");
@@ -97,8 +98,13 @@
 
   function tick() {
     fetch(base + "/studies/" + id, { headers: auth() })
-      .then(function (r) { if (!r.ok) throw new Error("HTTP " + r.status); return r.json(); })
+      .then(function (r) {
+        if (r.status === 401) return null;  // protected reads and the session ended
+        if (!r.ok) throw new Error("HTTP " + r.status);
+        return r.json();
+      })
       .then(function (study) {
+        if (study === null) return null;
         showProgress(study);
         var key = JSON.stringify([study.status, study.progress]);
         var changed = key !== lastKey;
@@ -106,6 +112,11 @@
         return (changed ? refresh() : Promise.resolve()).then(function () { return study; });
       })
       .then(function (study) {
+        if (study === null) {  // polling again cannot help: the page itself needs a sign-in
+          document.getElementById("signed-out").hidden = false;
+          root.dataset.polling = "signed-out";
+          return;
+        }
         if (FINAL.indexOf(study.status) >= 0) { root.dataset.polling = "stopped"; return; }
         setTimeout(tick, 2000);
       })

@@ -250,3 +250,71 @@ def test_docs_render_every_operation_offline(lab: Lab) -> None:
         assert lab.blocked == []
     finally:
         context.close()
+
+
+def test_sign_in_when_reads_are_protected(lab: Lab) -> None:
+    """Reads protected: the sign-in form, then the index and a study page on the session cookie."""
+    database_url = f"sqlite:///{lab.log_dir / 'protected.db'}"
+    env = {"ADAMOD_LAB_API_TOKENS": TOKEN, "ADAMOD_LAB_PROTECT_READS": "true"}
+    log = str(lab.log_dir / "protected-server.log")
+    with (
+        running_server(database_url, env=env, log_path=log) as url,
+        httpx.Client(
+            base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60
+        ) as client,
+    ):
+        response = client.post("/studies", json={**STUDY, "name": "protected study"})
+        assert response.status_code == 201, response.text
+        study = response.json()
+        study_path = f"/studies/{study['id']}"
+        context = lab.context()
+        page = context.new_page()
+        try:
+            answer = page.goto(url + "/")
+            assert answer is not None and answer.status == 401
+            assert page.locator("#signin-form input[type=password]").count() == 1
+            page.fill("#signin-token", "not the token")
+            page.click("#signin-form button[type=submit]")
+            assert "not a valid token" in page.inner_text("#signin-error")
+            assert context.cookies() == []
+            page.screenshot(path=str(lab.artifacts / "sign-in.png"))
+
+            page.fill("#signin-token", TOKEN)
+            page.click("#signin-form button[type=submit]")
+            row = page.locator(f'tr.study[data-study-id="{study["id"]}"]')
+            row.wait_for(timeout=10_000)
+            assert urlsplit(page.url).path == "/"
+            assert "protected study" in row.inner_text()
+            (cookie,) = context.cookies()
+            assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and cookie["path"] == "/"
+            assert TOKEN not in cookie["value"]
+            assert page.evaluate("document.cookie") == ""  # HttpOnly: no script reads it
+            # The token typed into the form is kept for Cancel, as the token form would.
+            assert page.evaluate("sessionStorage.getItem('adamodLabToken')") == TOKEN
+
+            page.click(f'tr.study[data-study-id="{study["id"]}"] td:nth-child(2) a')
+            page.wait_for_selector("#study-status")
+            assert page.inner_text("#study-status") == "queued"
+            assert page.locator("#trials tr.trial").count() == study["n_trials"]
+            # The page's script polls the JSON API on the cookie: 200s, and it keeps polling.
+            with page.expect_response(
+                lambda r: urlsplit(r.url).path == study_path and r.request.method == "GET",
+                timeout=15_000,
+            ) as polled:
+                pass
+            assert polled.value.status == 200
+            assert page.get_attribute("#study", "data-polling") == "on"
+            page.screenshot(path=str(lab.artifacts / "protected-study-page.png"), full_page=True)
+
+            # Cancel still takes the bearer token (the cookie authorizes reads only).
+            page.click("#cancel-button")
+            page.wait_for_selector('#study-status:text("cancelled")', timeout=10_000)
+            assert client.get(study_path).json()["status"] == "cancelled"
+
+            page.click("#sign-out")
+            page.wait_for_selector("#signin-form", timeout=10_000)
+            assert context.cookies() == []
+            assert page.evaluate("sessionStorage.getItem('adamodLabToken')") is None
+            assert lab.blocked == []
+        finally:
+            context.close()
