@@ -65,7 +65,7 @@ def test_a_study_submitted_again_trains_nothing(
 
     context = _study_context(db, ReportCache(), again.id)
     assert context is not None
-    assert {row["trial"].reused_from for row in context["rows"]} == set(sources)
+    assert {row.reused_from for row in context["rows"]} == set(sources)
     assert _report(db, again.id) == _report(db, first.id)
     trials = optuna.load_study(study_name=again.optuna_study_name, storage=db.url).trials
     assert [t.state for t in trials] == [TrialState.COMPLETE] * again.n_trials
