@@ -7,6 +7,7 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from studies.db.engine import database_url_from_env
 from studies.db.packs import MAX_PACK_SIZE
@@ -14,7 +15,10 @@ from studies.db.queue import DEFAULT_LEASE_SECONDS, DEFAULT_MAX_ATTEMPTS
 from workers.packing import parse_pack_size
 from workers.worker import DEFAULT_CHECKPOINT_DIR, DEFAULT_CHECKPOINT_SECONDS, ENV_CHECKPOINT_DIR
 
-__all__ = ["build_parser", "main", "parse_pack_size"]
+if TYPE_CHECKING:
+    from workers.worker import Worker
+
+__all__ = ["build_parser", "build_worker", "install_stop_handlers", "main", "parse_pack_size"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -109,6 +113,14 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"save a checkpoint at the first evaluation S seconds after the last save "
         f"(default {DEFAULT_CHECKPOINT_SECONDS:g}; off: only --checkpoint-every; both off: none)",
     )
+    parser.add_argument(
+        "--study",
+        type=int,
+        default=None,
+        metavar="ID",
+        help="claim only this study's trials (with --exit-when-idle: exit once it has none "
+        "queued or running)",
+    )
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
     return parser
 
@@ -125,6 +137,14 @@ def _seconds_or_off(text: str) -> float | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parses the command line, runs the worker until it stops, returns the exit code."""
+    worker = build_worker(argv)
+    install_stop_handlers(worker, (signal.SIGTERM, signal.SIGINT))
+    return worker.run()
+
+
+def build_worker(argv: Sequence[str] | None = None) -> Worker:
+    """The Worker that a command line describes, with logging set up; exits 2 on bad arguments.
+    Shared by main and workers.slurm (a worker inside a Slurm job)."""
     from workers.worker import Worker, WorkerOptions
 
     parser = build_parser()
@@ -156,14 +176,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         checkpoint_dir=args.checkpoint_dir,
         checkpoint_every=args.checkpoint_every,
         checkpoint_seconds=args.checkpoint_seconds,
+        study_id=args.study,
     )
     try:
-        worker = Worker(options)
+        return Worker(options)
     except ValueError as exc:
         parser.error(str(exc))
-    for signum in (signal.SIGTERM, signal.SIGINT):
+
+
+def install_stop_handlers(worker: Worker, signums: Sequence[int]) -> None:
+    """Makes each signal in `signums` ask `worker` to stop (hand back its trial, then exit)."""
+    for signum in signums:
         signal.signal(signum, lambda s, _f: worker.request_stop(signal.Signals(s).name))
-    return worker.run()
 
 
 if __name__ == "__main__":

@@ -100,6 +100,8 @@ class WorkerOptions:
     checkpoint_dir: str = DEFAULT_CHECKPOINT_DIR
     checkpoint_every: int | None = None
     checkpoint_seconds: float | None = DEFAULT_CHECKPOINT_SECONDS
+    # Claim only this study's trials, and count only its trials as work left (--exit-when-idle).
+    study_id: int | None = None
 
     def validate(self) -> None:
         """Raises ValueError naming the command-line flag of the first bad option."""
@@ -116,6 +118,8 @@ class WorkerOptions:
             raise ValueError(f"--max-trials: must be >= 1 (got {self.max_trials})")
         if self.max_attempts < 1:
             raise ValueError(f"--max-attempts: must be >= 1 (got {self.max_attempts})")
+        if self.study_id is not None and self.study_id < 1:
+            raise ValueError(f"--study: must be a study id >= 1 (got {self.study_id})")
         timeout = self.trial_timeout
         if timeout is not None and (
             not isinstance(timeout, int | float) or not math.isfinite(timeout) or timeout <= 0
@@ -249,7 +253,9 @@ class Worker:
 
     def _drained(self) -> bool:
         self._sweep(force_sync=True)
-        counts = self._retry(lambda: queue_counts(self.db), "count queue")
+        counts = self._retry(
+            lambda: queue_counts(self.db, study_id=self.options.study_id), "count queue"
+        )
         return counts["queued"] == 0 and counts["running"] == 0
 
     # -- the loop -------------------------------------------------------------------------------
@@ -303,7 +309,10 @@ class Worker:
             if claim is None:
                 claim = self._retry(
                     lambda: claim_next_trial(
-                        self.db, self.info, lease_seconds=self.options.lease_seconds
+                        self.db,
+                        self.info,
+                        lease_seconds=self.options.lease_seconds,
+                        study_id=self.options.study_id,
                     ),
                     "claim",
                 )
@@ -559,7 +568,12 @@ class Worker:
         next_for = self.info if claim_next and not self.shutdown.is_set() else None
         stored, following = self._retry(
             lambda: complete_and_claim_next(
-                self.db, claim, result, next_for, lease_seconds=self.options.lease_seconds
+                self.db,
+                claim,
+                result,
+                next_for,
+                lease_seconds=self.options.lease_seconds,
+                study_id=self.options.study_id,
             ),
             "complete",
         )
@@ -581,7 +595,11 @@ class Worker:
         members = list(zip(pack, results, strict=True))
         stored, following = self._retry(
             lambda: complete_pack(
-                self.db, members, next_for, lease_seconds=self.options.lease_seconds
+                self.db,
+                members,
+                next_for,
+                lease_seconds=self.options.lease_seconds,
+                study_id=self.options.study_id,
             ),
             "complete pack",
         )

@@ -43,19 +43,22 @@ __all__ = [
     "renew_leases",
 ]
 
+
 def claim_next_pack(
     db: Database,
     worker: WorkerInfo,
     *,
     pack_size: int,
     lease_seconds: float = DEFAULT_LEASE_SECONDS,
+    study_id: int | None = None,
 ) -> list[ClaimedTrial]:
-    """Atomically claims the next queued trial and up to pack_size-1 compatible ones, in one
-    transaction; [] when the queue is empty. pack_size=1 is claim_next_trial."""
+    """Atomically claims the next queued trial (of `study_id` only, when given) and up to
+    pack_size-1 compatible ones, in one transaction; [] when the queue is empty. pack_size=1 is
+    claim_next_trial."""
     pack_size = check_pack_size(pack_size)
     lease_seconds = _check_lease_seconds(lease_seconds)
     with db.session() as session:
-        lead = _claim_in_session(session, db, worker, lease_seconds)
+        lead = _claim_in_session(session, db, worker, lease_seconds, study_id)
         if lead is None:
             return []
         return [lead, *_claim_members(session, db, lead, worker, pack_size - 1, lease_seconds)]

@@ -164,23 +164,31 @@ def claim_next_trial(
     worker: WorkerInfo,
     *,
     lease_seconds: float = DEFAULT_LEASE_SECONDS,
+    study_id: int | None = None,
 ) -> ClaimedTrial | None:
-    """Atomically takes the next queued trial (priority, then FIFO) and a lease on it."""
+    """Atomically takes the next queued trial (priority, then FIFO) and a lease on it;
+    `study_id`: only a trial of that study."""
     lease_seconds = _check_lease_seconds(lease_seconds)
     with db.session() as session:
-        return _claim_in_session(session, db, worker, lease_seconds)
+        return _claim_in_session(session, db, worker, lease_seconds, study_id)
 
 
 def _claim_in_session(
-    session: Any, db: Database, worker: WorkerInfo, lease_seconds: float
+    session: Any,
+    db: Database,
+    worker: WorkerInfo,
+    lease_seconds: float,
+    study_id: int | None = None,
 ) -> ClaimedTrial | None:
-    """The next queued trial of a study not cancelled, claimed in the caller's transaction: one
-    UPDATE ... WHERE id = (SELECT ... FOR UPDATE SKIP LOCKED) RETURNING."""
+    """The next queued trial of a study not cancelled (of `study_id` only, when given), claimed
+    in the caller's transaction: one UPDATE ... WHERE id = (SELECT ... FOR UPDATE SKIP LOCKED)
+    RETURNING."""
     token = secrets.token_hex(16)
+    only = () if study_id is None else (TrialRow.study_id == study_id,)
     next_id = (
         select(TrialRow.id)
         .join(StudyRow, StudyRow.id == TrialRow.study_id)
-        .where(TrialRow.state == "queued", StudyRow.cancelled.is_(False))
+        .where(TrialRow.state == "queued", StudyRow.cancelled.is_(False), *only)
         .order_by(TrialRow.priority.desc(), TrialRow.id)
         .limit(1)
         .with_for_update(skip_locked=True, of=TrialRow)
@@ -451,15 +459,22 @@ def complete_and_claim_next(
     *,
     lease_seconds: float = DEFAULT_LEASE_SECONDS,
     optuna: bool = True,
+    study_id: int | None = None,
 ) -> tuple[bool, ClaimedTrial | None]:
     """complete_trial, and in the same transaction the claim of `worker`'s next trial (None: no
-    claim): one transaction per trial. Returns (stored, next claim or None).
+    claim; `study_id`: only of that study): one transaction per trial. Returns (stored, next
+    claim or None).
 
     A retry after a lost reply reports the completion but not a claim that reply carried; that
     trial is requeued when its lease expires.
     """
     stored, following = complete_pack(
-        db, [(claim, result)], worker, lease_seconds=lease_seconds, optuna=optuna
+        db,
+        [(claim, result)],
+        worker,
+        lease_seconds=lease_seconds,
+        optuna=optuna,
+        study_id=study_id,
     )
     return stored[0], following
 
@@ -471,10 +486,11 @@ def complete_pack(
     *,
     lease_seconds: float = DEFAULT_LEASE_SECONDS,
     optuna: bool = True,
+    study_id: int | None = None,
 ) -> tuple[list[bool], ClaimedTrial | None]:
     """complete_and_claim_next for every member of a pack in one transaction (a pack of 64 was
     64 commits and most of its recording time). Returns each member's `stored` (in the order
-    given) and the next claim, which rides on the same commit.
+    given) and the next claim (of `study_id` only, when given), which rides on the same commit.
 
     Each member is stored only under its own lease; a member whose lease was lost is skipped
     (False) without undoing the others. A cancelled result hands its trial back instead (its
@@ -507,7 +523,7 @@ def complete_pack(
         if worker is not None and fresh:
             # Not on a retry that found everything stored already: the lost reply may have
             # carried a claim, and this worker must not hold two.
-            following = _claim_in_session(session, db, worker, lease_seconds)
+            following = _claim_in_session(session, db, worker, lease_seconds, study_id)
     if optuna and not direct:
         for index, claim, _, finished in finishing:
             if stored[index]:
@@ -779,13 +795,15 @@ def requeue_expired(db: Database, *, max_attempts: int = DEFAULT_MAX_ATTEMPTS) -
     return len(result)
 
 
-def queue_counts(db: Database) -> dict[str, int]:
-    """How many trials of studies not cancelled are queued and running (for idle detection)."""
+def queue_counts(db: Database, *, study_id: int | None = None) -> dict[str, int]:
+    """How many trials of studies not cancelled (of `study_id` only, when given) are queued and
+    running (for idle detection)."""
+    only = () if study_id is None else (TrialRow.study_id == study_id,)
     with db.session(readonly=True) as session:
         rows = session.execute(
             select(TrialRow.state, func.count())
             .join(StudyRow, StudyRow.id == TrialRow.study_id)
-            .where(TrialRow.state.in_(("queued", "running")), StudyRow.cancelled.is_(False))
+            .where(TrialRow.state.in_(("queued", "running")), StudyRow.cancelled.is_(False), *only)
             .group_by(TrialRow.state)
         ).all()
     counts = {"queued": 0, "running": 0}
