@@ -38,6 +38,8 @@ examples:
   adamod-lab serve --host 0.0.0.0 --port 8000     # API only; database from ADAMOD_LAB_DATABASE_URL,
                                                   # and tokens (ADAMOD_LAB_API_TOKENS) required
   adamod-lab worker --database-url URL --device cuda:0
+  adamod-lab slurm --database-url URL --workers 8 # 8 workers as one Slurm job array
+  adamod-lab slurm status                         # their jobs next to the live workers
 
 client commands talk to --url (env ADAMOD_LAB_URL, default http://127.0.0.1:8000) with the
 token from --token (env ADAMOD_LAB_API_TOKEN).
@@ -80,6 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "worker",
         help="run one worker process (see `adamod-lab worker --help`)",
+        add_help=False,
+    )
+
+    commands.add_parser(
+        "slurm",
+        help="run N workers on Slurm as one job array (see `adamod-lab slurm --help`)",
         add_help=False,
     )
 
@@ -179,6 +187,10 @@ def main(argv: list[str] | None = None) -> int:
         from workers.__main__ import main as worker_main
 
         return int(worker_main(argv[1:]) or 0)
+    if argv and argv[0] == "slurm":  # its own parser too (and `slurm status`)
+        from service.cli_slurm import main as slurm_main
+
+        return slurm_main(argv[1:])
     args = build_parser().parse_args(argv)
     if getattr(args, "limit", 1) < 1:
         raise SystemExit("adamod-lab list: --limit must be >= 1")
