@@ -45,6 +45,19 @@ def _adamod_lab() -> list[str]:
     return [sys.executable, "-m", "service.cli"]
 
 
+WARM_S = 6.0  # a trainer child's imports and warm-up take about 4 s on one quiet core
+
+
+def _wait_for_workers(client: Any, n: int, timeout_s: float = 120.0) -> None:
+    """Until GET /workers lists `n` live workers: submitting earlier would time the workers'
+    start-up (torch's import) rather than the study; both modes get the same head start."""
+    deadline = time.monotonic() + timeout_s
+    while len(client.request("GET", "/workers").json()) < n:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"fewer than {n} workers registered in {timeout_s:g} s")
+        time.sleep(0.2)
+
+
 def run_up(pack_size: str, spec: Path, workers: int = 2, timeout_s: float = 900.0) -> float:
     """Seconds from submitting `spec` to its last trial finished, through `adamod-lab up` with
     `workers` workers at `--pack-size pack_size` on a fresh SQLite file."""
@@ -69,7 +82,8 @@ def run_up(pack_size: str, spec: Path, workers: int = 2, timeout_s: float = 900.
                     f"adamod-lab up did not start: {Path(tmp, 'up.log').read_text()}"
                 )
             client = Client(url)
-            time.sleep(2.0)  # let the workers import torch and reach their first poll
+            _wait_for_workers(client, workers)
+            time.sleep(WARM_S)  # their trainer children import torch and warm up meanwhile
             started = time.perf_counter()
             study = client.submit(read_spec_file(spec))
             while True:
