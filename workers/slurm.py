@@ -38,6 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from studies.db.engine import ENV_DATABASE_URL
+
 if TYPE_CHECKING:
     from workers.worker import Worker
 
@@ -78,9 +80,11 @@ class ArrayTask:
         """Runs the worker to the end; raises (the Slurm task fails) when it gave up."""
         from workers.__main__ import build_worker, install_stop_handlers
 
-        for name in self.env:
-            if name.startswith("ADAMOD_LAB_DATABASE_URL"):
-                os.environ.pop(name, None)  # only one of the URL and its _FILE may be set
+        if any(name.startswith(ENV_DATABASE_URL) for name in self.env):
+            # Only one of the URL and its _FILE may be set, and sbatch exports the submitter's
+            # environment: the task's own choice replaces both.
+            os.environ.pop(ENV_DATABASE_URL, None)
+            os.environ.pop(f"{ENV_DATABASE_URL}_FILE", None)
         os.environ.update(self.env)
         argv = [*self.worker_argv]
         if "--exit-when-idle" not in argv:

@@ -7,6 +7,7 @@ them); the dry-run and argument tests need neither.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -195,10 +196,11 @@ def test_time_limit_signal_hands_back_and_requeues_the_task(
         return state.stdout.strip() == "PENDING"
 
     wait_for(requeued, timeout=60, what="the task to requeue itself")
-    # Slurm holds a requeued job for two minutes; an operator (here the test) may start it now.
-    cluster.run(["scontrol", "update", f"JobId={job}", "StartTime=now"])
-
     def restarted() -> bool:
+        # Slurm holds a requeued job for two minutes; an operator (here the test) may start it
+        # now. Asked again until it starts: the first ask can come while the job still completes.
+        cluster.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=False)
+        time.sleep(0.5)
         return json.loads(record_path.read_text())["pid"] != first_pid
 
     wait_for(restarted, timeout=60, what="the requeued task to start again")
@@ -296,3 +298,27 @@ def test_database_url_from_file_reaches_the_tasks_as_a_path(
     with pytest.raises(SystemExit) as exited:
         _request(parser, parser.parse_args(["--workers", "1"]), [])
     assert exited.value.code == 2 and "SQLite" in capsys.readouterr().err
+
+
+def test_task_url_file_replaces_a_url_exported_by_the_submitter(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """sbatch exports the submitter's environment: a task told to read the URL from a file must
+    not also see an exported ADAMOD_LAB_DATABASE_URL (the worker refuses both at once)."""
+    import signal
+
+    from workers.slurm import ArrayTask
+
+    url = f"sqlite:///{tmp_path / 'lab.db'}"
+    migrated(url)
+    secret = tmp_path / "url"
+    secret.write_text(url + "\n")
+    monkeypatch.setenv("ADAMOD_LAB_DATABASE_URL", "postgresql://exported@nowhere/lab")
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)}
+    try:
+        task = ArrayTask(["--poll-interval", "0.1"], {"ADAMOD_LAB_DATABASE_URL_FILE": str(secret)})
+        assert task() == 0  # an empty queue: the worker exits at once
+    finally:
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
+    assert "ADAMOD_LAB_DATABASE_URL" not in os.environ
