@@ -6,6 +6,7 @@ tests never see each other's rows.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -31,3 +32,21 @@ def database_url(request) -> str:  # type: ignore[no-untyped-def]
     """Runs the test once on a SQLite file and once on a fresh PostgreSQL database."""
     fixture = "sqlite_url" if request.param == "sqlite" else "postgres_url"
     return request.getfixturevalue(fixture)
+
+
+@pytest.fixture(autouse=True)
+def _lab_environment_is_left_as_found() -> Iterator[None]:
+    """Fails the test that changes an ADAMOD_LAB_* variable of this process and leaves it so.
+
+    Code run in-process (a Slurm task, a CLI entry point) may edit os.environ; a leak would
+    otherwise surface as unrelated failures in whichever tests run later.
+    """
+    before = {k: v for k, v in os.environ.items() if k.startswith("ADAMOD_LAB_")}
+    yield
+    after = {k: v for k, v in os.environ.items() if k.startswith("ADAMOD_LAB_")}
+    if after != before:
+        changed = sorted(set(before.items()) ^ set(after.items()))
+        os.environ.update(before)
+        for name in set(after) - set(before):
+            del os.environ[name]
+        pytest.fail(f"the test left ADAMOD_LAB_* variables changed: {changed}")

@@ -314,11 +314,18 @@ def test_task_url_file_replaces_a_url_exported_by_the_submitter(
     secret = tmp_path / "url"
     secret.write_text(url + "\n")
     monkeypatch.setenv("ADAMOD_LAB_DATABASE_URL", "postgresql://exported@nowhere/lab")
-    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)}
+    stop_signals = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)
+    saved_signals = {s: signal.getsignal(s) for s in stop_signals}
+    saved_environ = dict(os.environ)
     try:
         task = ArrayTask(["--poll-interval", "0.1"], {"ADAMOD_LAB_DATABASE_URL_FILE": str(secret)})
         assert task() == 0  # an empty queue: the worker exits at once
+        assert "ADAMOD_LAB_DATABASE_URL" not in os.environ
+        assert os.environ["ADAMOD_LAB_DATABASE_URL_FILE"] == str(secret)
     finally:
-        for signum, handler in saved.items():
+        # The task edits this process's environment (in Slurm it owns its process): put it back,
+        # or every later test would inherit the URL file.
+        os.environ.clear()
+        os.environ.update(saved_environ)
+        for signum, handler in saved_signals.items():
             signal.signal(signum, handler)
-    assert "ADAMOD_LAB_DATABASE_URL" not in os.environ
