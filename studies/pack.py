@@ -241,6 +241,7 @@ class _PackModel:
         }
         self.buffers = _stack_named(problems, "named_buffers")
         self._loss = _Calls(template.model, template.loss_fn)
+        self._pack_loss = template.pack_loss
         self._shuffled = _shared_shuffled_data(problems)
 
     def _swapped(self) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
@@ -277,6 +278,7 @@ class _PackModel:
         each exactly the gradient of its own loss (times 1.0: bit for bit), and a diverged
         member's inf or NaN reaches no other. Plain autograd costs about 60% of a vmapped
         `grad_and_value`, whose per-call transform was most of a small model's step.
+        A workload's `pack_loss` replaces the vmapped forward (studies/workloads/stacked.py).
         """
         loss_module = self._loss
 
@@ -285,10 +287,13 @@ class _PackModel:
 
         for param in self.params.values():
             param.grad = None
-        params, buffers = self._swapped()
-        losses = vmap(member_loss, in_dims=(0, 0, batch_dims), randomness="different")(
-            params, buffers, batch
-        )
+        if self._pack_loss is not None:  # the workload's stacked loss: no vmap
+            losses = self._pack_loss(self.params, batch)
+        else:
+            params, buffers = self._swapped()
+            losses = vmap(member_loss, in_dims=(0, 0, batch_dims), randomness="different")(
+                params, buffers, batch
+            )
         losses.sum().backward()
         return losses.detach()
 

@@ -39,6 +39,11 @@ class Problem:
     # float_metrics(metrics)). Without them a pack evaluates its members one at a time.
     metrics: MetricsFn | None = None
     test_metrics: MetricsFn | None = None
+    # A pack's fast path (studies/workloads/stacked.py): every member's training loss, shape
+    # [K], from the stacked parameters ({name: [K, ...]}) and a stacked batch (each tensor
+    # [K, ...]), without vmap. It must equal loss_fn member by member. None: the pack runs
+    # loss_fn through vmap, which works for any model but is slower for small ones.
+    pack_loss: Callable[[dict[str, Tensor], Any], Tensor] | None = None
 
     def __post_init__(self) -> None:
         if self.steps_per_epoch < 1:

@@ -30,6 +30,7 @@ from studies.workloads.common import (
     seeded_init,
     split_indices,
 )
+from studies.workloads.stacked import stacked_classifier_loss, stacked_sequential
 
 __all__ = ["N_IMAGES", "WORKLOAD", "DigitsConfig", "data_splits", "load_digits_data"]
 
@@ -140,6 +141,7 @@ def _build(config: DigitsConfig, seed: int, device: torch.device) -> Problem:
     with seeded_init(seed):  # the weights depend on the trial seed only
         model = _mlp(config)
     model = model.to(device)
+    stacked_forward = stacked_sequential(model)
     n = len(y_train)
     steps_per_epoch = -(-n // config.batch_size)
 
@@ -161,6 +163,7 @@ def _build(config: DigitsConfig, seed: int, device: torch.device) -> Problem:
         test_metrics=test_metrics,
         steps_per_epoch=steps_per_epoch,
         eval_every=steps_per_epoch,
+        pack_loss=None if stacked_forward is None else stacked_classifier_loss(stacked_forward),
         extras={
             "n_train": n,
             "n_val": len(parts["val"]),

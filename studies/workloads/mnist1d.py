@@ -58,6 +58,7 @@ from studies.workloads.common import (
     seeded_init,
     split_indices,
 )
+from studies.workloads.stacked import stacked_classifier_loss, stacked_linear
 
 __all__ = [
     "CACHE_DIR_ENV",
@@ -243,6 +244,15 @@ class Mnist1dMLP(nn.Module):
         h = h + self.linear2(h).relu()
         return self.linear3(h)
 
+    @staticmethod
+    def stacked_forward(params: dict[str, Tensor], x_t: Tensor) -> Tensor:
+        """`forward` of K stacked copies in one pass, feature-major (params {name: [K, ...]},
+        x_t [K, 40, N] -> logits [K, 10, N]): a trial pack's fast path (studies/workloads/
+        stacked.py)."""
+        h = stacked_linear(x_t, params["linear1.weight"], params["linear1.bias"]).relu()
+        h = h + stacked_linear(h, params["linear2.weight"], params["linear2.bias"]).relu()
+        return stacked_linear(h, params["linear3.weight"], params["linear3.bias"])
+
 
 class Mnist1dCNN(nn.Module):
     """The MNIST-1D reference CNN: three strided 1-D convolutions, then a linear classifier."""
@@ -319,6 +329,9 @@ def _build(config: Mnist1dConfig, seed: int, device: torch.device) -> Problem:
         test_metrics=test_metrics,
         steps_per_epoch=steps_per_epoch,
         eval_every=config.eval_every,
+        pack_loss=(
+            stacked_classifier_loss(Mnist1dMLP.stacked_forward) if config.model == "mlp" else None
+        ),
         extras={
             "n_train": n_train,
             "n_val": len(val_idx),

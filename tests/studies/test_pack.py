@@ -26,6 +26,7 @@ from studies.trial_result import TrialResult
 from studies.workloads.base import Problem, Workload
 from studies.workloads.common import batch_generator, float_metrics, seeded_init
 from studies.workloads.registry import register_workload
+from studies.workloads.stacked import stacked_sequential
 
 RTOL = 1e-9
 
@@ -34,6 +35,7 @@ class _Mlp64Config(BaseModel):
     model_config = ConfigDict(extra="forbid")
     width: int = 16
     batch_size: int = 16
+    stacked: bool = False  # give the pack its stacked loss (no vmap): the fast path
 
 
 def _build_mlp64(config: _Mlp64Config, seed: int, device: torch.device) -> Problem:
@@ -65,6 +67,16 @@ def _build_mlp64(config: _Mlp64Config, seed: int, device: torch.device) -> Probl
         return metrics
 
     val, test = metrics_on(x_val, y_val), metrics_on(x_test, y_test)
+    pack_loss = None
+    if config.stacked:
+        forward = stacked_sequential(model)
+        assert forward is not None
+
+        def pack_loss(params: dict[str, Tensor], batch: tuple[Tensor, Tensor]) -> Tensor:
+            xb, yb = batch  # [K, B, 8], [K, B, 2]
+            out = forward(params, xb.transpose(1, 2)).transpose(1, 2)
+            return (out - yb).square().mean(dim=(1, 2))
+
     return Problem(
         model=model.to(device),
         train_batches=train_batches,
@@ -75,6 +87,7 @@ def _build_mlp64(config: _Mlp64Config, seed: int, device: torch.device) -> Probl
         test_metrics=test,
         steps_per_epoch=4,
         eval_every=10,
+        pack_loss=pack_loss,
     )
 
 
@@ -119,14 +132,20 @@ def member(optimizer: str, lr: float, seed: int, **overrides: Any) -> TrialConfi
 LRS = {"sgd": 0.05, "adam": 3e-3, "adamw": 3e-3, "radam": 3e-3, "nadamw": 3e-3}
 
 
-def three_members(optimizer: str, schedule: str) -> list[TrialConfig]:
+def three_members(optimizer: str, schedule: str, **shared: Any) -> list[TrialConfig]:
     """Three members differing in lr, β3, warmup and seed (the axes a pack may vary)."""
     lr = LRS.get(optimizer, 3e-3)
     bounded = optimizer in ("adamod", "diffmod")
     return [
-        member(optimizer, lr, 0, warmup_steps=0, schedule=schedule),
+        member(optimizer, lr, 0, warmup_steps=0, schedule=schedule, **shared),
         member(
-            optimizer, lr * 3, 1, warmup_steps=20, schedule=schedule, beta3=0.9 if bounded else None
+            optimizer,
+            lr * 3,
+            1,
+            warmup_steps=20,
+            schedule=schedule,
+            beta3=0.9 if bounded else None,
+            **shared,
         ),
         member(
             optimizer,
@@ -135,6 +154,7 @@ def three_members(optimizer: str, schedule: str) -> list[TrialConfig]:
             warmup_steps=50,
             schedule=schedule,
             beta3=0.999 if bounded else None,
+            **shared,
         ),
     ]
 
@@ -162,10 +182,17 @@ def assert_same_trial(packed: TrialResult, alone: TrialResult, rtol: float = RTO
         assert packed.test_loss == pytest.approx(alone.test_loss, rel=rtol, abs=0)
 
 
+STACKED = {"workload_config": {"stacked": True}}
+PATHS = pytest.mark.parametrize("path", [{}, STACKED], ids=["vmap", "stacked"])
+
+
+@PATHS
 @pytest.mark.parametrize("schedule", ["constant", "cosine"])
 @pytest.mark.parametrize("optimizer", OPTIMIZERS)
-def test_every_member_equals_its_unfused_trial(optimizer: str, schedule: str) -> None:
-    configs = three_members(optimizer, schedule)
+def test_every_member_equals_its_unfused_trial(
+    optimizer: str, schedule: str, path: dict[str, Any]
+) -> None:
+    configs = three_members(optimizer, schedule, **path)
     packed = run_pack(configs)
     for config, result in zip(configs, packed, strict=True):
         alone = run_trial(config)
@@ -190,21 +217,22 @@ def test_bound_telemetry_is_per_member(optimizer: str) -> None:
             assert result.bound_stats["series"][key] == pytest.approx(values, rel=RTOL, abs=1e-300)
 
 
-def diverging_pack(optimizer: str, divergent_lr: float) -> list[TrialConfig]:
+def diverging_pack(optimizer: str, divergent_lr: float, **shared: Any) -> list[TrialConfig]:
     lr = LRS.get(optimizer, 3e-3)
     return [
-        member(optimizer, lr, 0),
-        member(optimizer, divergent_lr, 1, warmup_steps=30),
-        member(optimizer, lr / 2, 2),
+        member(optimizer, lr, 0, **shared),
+        member(optimizer, divergent_lr, 1, warmup_steps=30, **shared),
+        member(optimizer, lr / 2, 2, **shared),
     ]
 
 
 DIVERGENT_LR = {"sgd": 50.0, "adam": 1e200, "adamod": 1e200}
 
 
+@PATHS
 @pytest.mark.parametrize("optimizer", sorted(DIVERGENT_LR))
-def test_a_diverging_member_changes_no_other_member(optimizer: str) -> None:
-    configs = diverging_pack(optimizer, DIVERGENT_LR[optimizer])
+def test_a_diverging_member_changes_no_other_member(optimizer: str, path: dict[str, Any]) -> None:
+    configs = diverging_pack(optimizer, DIVERGENT_LR[optimizer], **path)
     packed = run_pack(configs)
     diverged = packed[1]
     alone = run_trial(configs[1])
@@ -214,7 +242,7 @@ def test_a_diverging_member_changes_no_other_member(optimizer: str) -> None:
     assert diverged.loss is None
 
     # The same pack with a tame second member: the others must not move by a single bit.
-    tame = [configs[0], member(optimizer, LRS.get(optimizer, 3e-3), 1), configs[2]]
+    tame = [configs[0], member(optimizer, LRS.get(optimizer, 3e-3), 1, **path), configs[2]]
     reference = run_pack(tame)
     for k in (0, 2):
         assert packed[k].state == "completed"
