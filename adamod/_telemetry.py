@@ -258,19 +258,18 @@ class BoundTracker:
 
     def member_series(self, members: int) -> list[dict[str, list[float]]]:
         """`series()` of each member (members: K, used while nothing is recorded); one sync."""
-        tables: list[list[list[float]]] = []
+        columns: list[list[list[float]]] = [[[] for _ in STAT_KEYS] for _ in range(members)]
         if self._member_steps:
             device = self._member_chunks[0].device
             table = torch.cat([c.to(device) for c in self._member_chunks])
-            tables = table[: len(self._member_steps)].cpu().tolist()  # [step][member][column]
-            members = len(tables[0])
-        out = []
-        for k in range(members):
-            series: dict[str, list[float]] = {"step": list(self._member_steps)}
-            for column, key in enumerate(STAT_KEYS):
-                series[key] = [rows[k][column] for rows in tables]
-            out.append(series)
-        return out
+            table = table[: len(self._member_steps)].permute(1, 2, 0)  # [member][column][step]
+            # Laid out member-major before the one host copy, so that each series is one list
+            # from tolist: going through [step][member][column] lists cost ~0.15 s per pack.
+            columns = table.cpu().contiguous().tolist()
+        return [
+            {"step": list(self._member_steps), **dict(zip(STAT_KEYS, member, strict=True))}
+            for member in columns
+        ]
 
 
 def _used_rows(chunks: list[Tensor], n: int) -> Tensor | None:

@@ -82,14 +82,26 @@ class TrialResult:
 
 
 def _json_safe(value: Any) -> Any:
-    if is_dataclass(value) and not isinstance(value, type):
-        return _json_safe(asdict(value))
-    if isinstance(value, float):
+    """`value` with every non-finite float as None, dataclasses as dicts, tuples as lists.
+
+    Plain floats, ints and strings are handled inline (a pack of 64 results holds ~80,000 of
+    them in curves and bound series; one call each was ~0.2 s of the pack)."""
+    kind = type(value)
+    if kind is float:
         return value if math.isfinite(value) else None
+    if kind is int or kind is str or value is None:
+        return value
     if isinstance(value, dict):
         return {k: _json_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
+        return [
+            (v if math.isfinite(v) else None) if type(v) is float else _json_safe(v)
+            for v in value
+        ]
+    if isinstance(value, float):  # a float subclass (numpy.float64)
+        return float(value) if math.isfinite(value) else None
+    if is_dataclass(value) and not isinstance(value, type):
+        return _json_safe(asdict(value))
     return value
 
 
