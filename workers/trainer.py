@@ -7,9 +7,10 @@ returns, or at shutdown. The child is reused from trial to trial (its imports an
 stay warm, so no-op trials still flow at queue speed) and replaced only after a kill or a crash.
 
 Protocol, over one multiprocessing Pipe: the supervisor sends a TrainingJob; the child answers
-("eval", k, point) for each evaluation of member k and waits for the supervisor's bool (True:
-stop that member), then ("done", results) or ("error", description). Only the supervisor writes
-to the database, exactly as when training ran in its own process.
+("eval", k, point) for each evaluation of a single trial (k = 0) and waits for the supervisor's
+bool (True: stop), or ("evals", [(k, point), ...]) for a pack's round of evaluations and waits
+for the list of members to stop; then ("done", results) or ("error", description). Only the
+supervisor writes to the database, exactly as when training ran in its own process.
 
 The child ignores SIGINT (a Ctrl-C reaches the whole process group, and stopping is the worker's
 to handle: it hands the trial back; a SIGTERM that kills the child meanwhile is taken as part of
@@ -159,6 +160,8 @@ class Trainer:
                     kind = message[0]
                     if kind == "eval":
                         conn.send(bool(report(message[1], message[2])))
+                    elif kind == "evals":  # a pack's round: every member's point at once
+                        conn.send([k for k, point in message[1] if report(k, point)])
                     elif kind == "done":
                         finished = True
                         return list(message[1])
@@ -247,9 +250,13 @@ def _child_main(conn: Connection, parent_pid: int, log_level: int) -> None:
             conn.send(("eval", k, point))
             return bool(conn.recv())
 
+        def ask_round(points: list[tuple[int, EvalPoint]]) -> list[int]:
+            conn.send(("evals", points))
+            return list(conn.recv())
+
         try:
             if job.packed:
-                results = run_pack(list(job.configs), job.device, report=ask)
+                results = run_pack(list(job.configs), job.device, report=ask_round)
             else:
                 only = job.configs[0]
                 trained = run_trial(

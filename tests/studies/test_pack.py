@@ -256,9 +256,10 @@ def test_a_member_told_to_stop_is_cancelled_and_the_others_go_on() -> None:
     configs = three_members("adam", "constant")
     seen: list[tuple[int, int]] = []
 
-    def report(k: int, point: Any) -> bool:
-        seen.append((k, point.step))
-        return k == 1 and point.step >= 30
+    def report(points: list[tuple[int, Any]]) -> list[int]:
+        assert [k for k, _ in points] == sorted(k for k, _ in points)
+        seen.extend((k, point.step) for k, point in points)
+        return [k for k, point in points if k == 1 and point.step >= 30]
 
     packed = run_pack(configs, report=report)
     assert packed[1].state == "cancelled"
