@@ -41,7 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="lease length; a trial whose worker stops renewing it is requeued after this long",
     )
     parser.add_argument(
-        "--poll-interval", type=float, default=1.0, help="seconds between claims when idle"
+        "--poll-interval",
+        type=float,
+        default=None,
+        help="seconds between claims when idle (default: 0.2 on SQLite, 1.0 on PostgreSQL)",
     )
     parser.add_argument("--max-trials", type=int, default=None, help="exit after this many trials")
     parser.add_argument(

@@ -74,6 +74,10 @@ CHECKPOINT_FLAGS = {
 LOST = "lease lost or study cancelled"
 
 
+SQLITE_POLL_S = 0.2  # default idle poll on a SQLite file
+SERVER_POLL_S = 1.0  # default idle poll on PostgreSQL
+
+
 @dataclass
 class WorkerOptions:
     """What `python -m workers` takes on its command line."""
@@ -81,7 +85,10 @@ class WorkerOptions:
     database_url: str
     device: str = "auto"
     lease_seconds: float = DEFAULT_LEASE_SECONDS
-    poll_interval: float = 1.0
+    # Seconds between claims while the queue is empty; None: SQLITE_POLL_S on a SQLite file (a
+    # local read costing microseconds, so a study submitted to an idle embedded lab starts
+    # at once) and SERVER_POLL_S on a database server shared by many workers.
+    poll_interval: float | None = None
     max_trials: int | None = None
     exit_when_idle: bool = False
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
@@ -103,11 +110,18 @@ class WorkerOptions:
     # Claim only this study's trials, and count only its trials as work left (--exit-when-idle).
     study_id: int | None = None
 
+    @property
+    def idle_poll_s(self) -> float:
+        """The poll interval in force: the one given, else the database's default."""
+        if self.poll_interval is not None:
+            return self.poll_interval
+        return SQLITE_POLL_S if self.database_url.startswith("sqlite") else SERVER_POLL_S
+
     def validate(self) -> None:
         """Raises ValueError naming the command-line flag of the first bad option."""
         for flag, value, low in (
             ("--lease-seconds", self.lease_seconds, 0.1),
-            ("--poll-interval", self.poll_interval, 0.0),
+            ("--poll-interval", self.idle_poll_s, 0.0),
             ("--shutdown-timeout", self.shutdown_timeout, 0.0),
             ("--retry-timeout", self.retry_timeout, 0.0),
             ("--report-interval", self.report_interval, 0.0),
@@ -320,7 +334,7 @@ class Worker:
                 if self.options.exit_when_idle and self._drained():
                     log.info("queue drained: exiting")
                     break
-                self.shutdown.wait(self.options.poll_interval)
+                self.shutdown.wait(self.options.idle_poll_s)
                 continue
             claimed = self._pack_for(claim)
             self.trials_run += len(claimed)
