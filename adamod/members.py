@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
+from adamod._adam_kernel import adam_by_kernel
 from adamod._members_base import (
     MemberOptimizer,
     by_step,
@@ -111,6 +112,14 @@ def adam(
     cast = Broadcast()
     if maximize:
         grads = list(torch._foreach_neg(grads))
+    along = grads
+    if not decoupled_weight_decay:
+        along = _weight_decay(cast, params, grads, h, decoupled=False)
+    if adam_by_kernel(
+        params, along, exp_avgs, exp_avg_sqs, state_steps, h,
+        decoupled_weight_decay=decoupled_weight_decay,
+    ):  # fmt: skip
+        return  # CPU tensors: AdaMod's C kernel with β3 = 0 did the step in one pass
     torch._foreach_add_(state_steps, 1.0)
     for step, indices in by_step(state_steps).items():
         p, g, m, v = _pick(indices, params, grads, exp_avgs, exp_avg_sqs)
