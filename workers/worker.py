@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 from studies.checkpoints import Checkpointing, CheckpointStore
 from studies.db.engine import Database
 from studies.db.optuna_bridge import sync_optuna
-from studies.db.packs import extend_pack
+from studies.db.packs import MAX_PACK_SIZE, claim_next_pack, extend_pack
 from studies.db.queue import (
     DEFAULT_LEASE_SECONDS,
     DEFAULT_MAX_ATTEMPTS,
@@ -176,6 +176,9 @@ class Worker:
         self.trainer = Trainer(log_level=log.getEffectiveLevel())
         # What the worker holds now: one trial, every member of a pack, or nothing.
         self._current: tuple[ClaimedTrial, ...] = ()
+        # The lead's compatible trials claimed with it by _claim_lead, until _pack_for sizes the
+        # pack; None when the lead came alone (from the transaction that completed a trial).
+        self._mates: list[ClaimedTrial] | None = None
         self._watchdog: threading.Thread | None = None
         self._heartbeat: Heartbeat | None = None
         self._identity: WorkerIdentity | None = None  # the registration (GET /workers)
@@ -321,15 +324,7 @@ class Worker:
                 self._last_sweep = time.monotonic()
                 self._sweep()
             if claim is None:
-                claim = self._retry(
-                    lambda: claim_next_trial(
-                        self.db,
-                        self.info,
-                        lease_seconds=self.options.lease_seconds,
-                        study_id=self.options.study_id,
-                    ),
-                    "claim",
-                )
+                claim = self._retry(self._claim_lead, "claim")
             if claim is None:
                 if self.options.exit_when_idle and self._drained():
                     log.info("queue drained: exiting")
@@ -356,15 +351,56 @@ class Worker:
                 break
         if claim is not None:  # claimed, then asked to stop: hand it back untouched
             self._retry(lambda: release_lease(self.db, claim), "hand back")
+        self._hand_back(self._mates or [], "claimed with a lead, then asked to stop")
+        self._mates = None
+
+    def _claim_lead(self) -> ClaimedTrial | None:
+        """The next queued trial; when this worker packs, with its pack's other members, sized
+        and claimed in the same transaction (kept in self._mates for _pack_for). Claimed one
+        after the other, two workers claiming at the same moment could split a pack's lead
+        from its mates (the other's pack took them) and train the lead alone."""
+        limit = self.options.pack_size or MAX_PACK_SIZE
+        if self.options.max_trials:
+            limit = min(limit, self.options.max_trials - self.trials_run)
+        if limit <= 1:
+            return claim_next_trial(
+                self.db,
+                self.info,
+                lease_seconds=self.options.lease_seconds,
+                study_id=self.options.study_id,
+            )
+        pack = claim_next_pack(
+            self.db,
+            self.info,
+            pack_size=limit,
+            lease_seconds=self.options.lease_seconds,
+            study_id=self.options.study_id,
+            size_for=self.sizer.size_for,  # cached per pack key: the first may build a model
+        )
+        if not pack:
+            return None
+        self._mates = pack[1:]
+        return pack[0]
 
     def _pack_for(self, lead: ClaimedTrial) -> list[ClaimedTrial]:
         """The lead and the compatible trials claimed to train with it: as many as its pack
-        size allows and never more than --max-trials has left; [lead] for a pack of one."""
-        self._hold((lead,))  # sizing may build a model: keep the lead's lease alive meanwhile
+        size allows and never more than --max-trials has left; [lead] for a pack of one.
+        Mates claimed with the lead beyond that size are handed back untouched."""
+        mates, self._mates = self._mates, None
+        # sizing may build a model: keep the leases alive meanwhile
+        self._hold((lead, *(mates or [])))
         size = self.sizer.size_for(lead.config)
         if self.options.max_trials:
             size = min(size, self.options.max_trials - self.trials_run)
-        if size <= 1 or self.shutdown.is_set():
+        if self.shutdown.is_set():
+            size = 1
+        if mates is not None:
+            keep = max(size - 1, 0)
+            if mates[keep:]:
+                self._hold((lead, *mates[:keep]))  # the heartbeat stops renewing the extras
+                self._hand_back(mates[keep:], "claimed with a lead, then asked to stop")
+            return [lead, *mates[:keep]]
+        if size <= 1:
             return [lead]
         return self._retry(
             lambda: extend_pack(self.db, lead, self.info, pack_size=size), "claim pack"

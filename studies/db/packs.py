@@ -14,6 +14,8 @@ one round trip.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from sqlalchemy import case, select
 from sqlalchemy.orm import Session
@@ -34,6 +36,9 @@ from studies.db.queue import (
 )
 from studies.pack_size import MAX_PACK_SIZE, check_pack_size
 
+if TYPE_CHECKING:
+    from studies.spec import TrialConfig
+
 __all__ = [
     "MAX_PACK_SIZE",
     "check_pack_size",
@@ -51,16 +56,22 @@ def claim_next_pack(
     pack_size: int,
     lease_seconds: float = DEFAULT_LEASE_SECONDS,
     study_id: int | None = None,
+    size_for: Callable[[TrialConfig], int] | None = None,
 ) -> list[ClaimedTrial]:
     """Atomically claims the next queued trial (of `study_id` only, when given) and up to
     pack_size-1 compatible ones, in one transaction; [] when the queue is empty. pack_size=1 is
-    claim_next_trial."""
+    claim_next_trial. `size_for(lead's config)`, asked inside the transaction, lowers the
+    pack's size for that lead (a worker's memory estimate, 1 for a workload that cannot pack):
+    the pack is sized before any mate is claimed, and no other claimer can take the mates
+    meanwhile."""
     pack_size = check_pack_size(pack_size)
     lease_seconds = _check_lease_seconds(lease_seconds)
     with db.session() as session:
         lead = _claim_in_session(session, db, worker, lease_seconds, study_id)
         if lead is None:
             return []
+        if size_for is not None:
+            pack_size = max(1, min(pack_size, int(size_for(lead.config))))
         return [lead, *_claim_members(session, db, lead, worker, pack_size - 1, lease_seconds)]
 
 
