@@ -351,8 +351,6 @@ class Worker:
                 break
         if claim is not None:  # claimed, then asked to stop: hand it back untouched
             self._retry(lambda: release_lease(self.db, claim), "hand back")
-        self._hand_back(self._mates or [], "claimed with a lead, then asked to stop")
-        self._mates = None
 
     def _claim_lead(self) -> ClaimedTrial | None:
         """The next queued trial; when this worker packs, with its pack's other members, sized
@@ -385,7 +383,8 @@ class Worker:
     def _pack_for(self, lead: ClaimedTrial) -> list[ClaimedTrial]:
         """The lead and the compatible trials claimed to train with it: as many as its pack
         size allows and never more than --max-trials has left; [lead] for a pack of one.
-        Mates claimed with the lead beyond that size are handed back untouched."""
+        Mates claimed with the lead (always _pack_for's next call: nothing runs between) are
+        handed back untouched when a stop came meanwhile."""
         mates, self._mates = self._mates, None
         # sizing may build a model: keep the leases alive meanwhile
         self._hold((lead, *(mates or [])))
