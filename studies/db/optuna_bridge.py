@@ -72,17 +72,20 @@ __all__ = [
     "direct_writes",
     "distributions_for_spec",
     "finish_trial",
+    "finish_trials",
     "get_storage",
     "handle_in_session",
     "init_optuna_schema",
     "insert_finished_trial",
     "insert_running_trial",
+    "insert_running_trials",
     "optuna_study_name",
     "record_trial",
     "reopen_trials",
     "restart_trial",
     "set_trials_waiting",
     "start_running_trial",
+    "start_running_trials",
     "study_alive",
     "study_handle",
     "sync_optuna",
@@ -500,48 +503,77 @@ def _insert_trial_row(
     started_at: datetime | None,
     finished_at: datetime | None,
 ) -> int:
+    return _insert_trial_rows(session, handle, [(number, params)], state, started_at, finished_at)[
+        0
+    ]
+
+
+def _insert_trial_rows(
+    session: Session,
+    handle: StudyHandle,
+    trials: Sequence[tuple[int, dict[str, Any]]],
+    state: Any,
+    started_at: datetime | None,
+    finished_at: datetime | None,
+) -> list[int]:
+    """Optuna trials of grid (number, params), all in `state`, in one executemany per table (a
+    pack's members at claim time: four statements, not four per member); their ids in order."""
     from optuna.distributions import distribution_to_json
     from optuna.storages._rdb import models
     from sqlalchemy import insert
 
-    trials = models.TrialModel.__table__
+    if not trials:
+        return []
+    table = models.TrialModel.__table__
     # The Optuna trial number is our grid number: unique within the study by our own constraint,
     # so no study-wide lock and count is needed (Optuna's create_new_trial takes both, which
     # serializes every new trial of a study).
-    _move_foreign_trials(session, handle, number)
-    optuna_trial_id = session.execute(
-        insert(trials)
-        .values(
-            number=number,
-            study_id=handle.optuna_study_id,
-            state=state,
-            datetime_start=_utc_naive(started_at),
-            datetime_complete=None if finished_at is None else _utc_naive(finished_at),
-        )
-        .returning(trials.c.trial_id)
-    ).scalar_one()
+    _move_foreign_trials(session, handle, [number for number, _ in trials])
+    common = {
+        "study_id": handle.optuna_study_id,
+        "state": state,
+        "datetime_start": _utc_naive(started_at),
+        "datetime_complete": None if finished_at is None else _utc_naive(finished_at),
+    }
+    ids = [
+        int(trial_id)
+        for trial_id in session.execute(
+            insert(table).returning(table.c.trial_id, sort_by_parameter_order=True),
+            [{"number": number, **common} for number, _ in trials],
+        ).scalars()
+    ]
     # Only the study's varying axes the trial has a value for (Adam trials lack β3); the seed
     # and the fixed settings become user attributes, visible while the trial runs.
-    optuna_params, attrs = split_params(params, handle.distributions)
-    if optuna_params:
-        session.execute(
-            insert(models.TrialParamModel.__table__),
-            [
-                {
-                    "trial_id": optuna_trial_id,
-                    "param_name": name,
-                    "param_value": handle.distributions[name].to_internal_repr(value),
-                    "distribution_json": distribution_to_json(handle.distributions[name]),
-                }
-                for name, value in optuna_params.items()
-            ],
-        )
-    _upsert_trial_attrs(session, int(optuna_trial_id), attrs)
-    return int(optuna_trial_id)
+    param_rows, attr_rows = [], []
+    for optuna_trial_id, (_, params) in zip(ids, trials, strict=True):
+        optuna_params, attrs = split_params(params, handle.distributions)
+        param_rows += [
+            {
+                "trial_id": optuna_trial_id,
+                "param_name": name,
+                "param_value": handle.distributions[name].to_internal_repr(value),
+                "distribution_json": distribution_to_json(handle.distributions[name]),
+            }
+            for name, value in optuna_params.items()
+        ]
+        attr_rows += [
+            {"trial_id": optuna_trial_id, "key": key, "value_json": json.dumps(attr)}
+            for key, attr in attrs.items()
+        ]
+    if param_rows:
+        session.execute(insert(models.TrialParamModel.__table__), param_rows)
+    _upsert_rows(
+        session,
+        models.TrialUserAttributeModel.__table__,
+        attr_rows,
+        ("trial_id", "key"),
+        ("value_json",),
+    )
+    return ids
 
 
-def _move_foreign_trials(session: Session, handle: StudyHandle, number: int) -> None:
-    """Moves any trial already numbered `number` in the study past the grid.
+def _move_foreign_trials(session: Session, handle: StudyHandle, numbers: Sequence[int]) -> None:
+    """Moves any trial already numbered one of `numbers` in the study past the grid.
 
     Only a trial an Optuna client added (study.ask(), despite the read-only attribute) can hold
     a grid number before grid trial `number` is inserted: Optuna numbers it by counting the
@@ -554,12 +586,12 @@ def _move_foreign_trials(session: Session, handle: StudyHandle, number: int) -> 
 
     trials = models.TrialModel.__table__
     in_study = trials.c.study_id == handle.optuna_study_id
-    taken = list(
-        session.execute(
-            select(trials.c.trial_id).where(in_study, trials.c.number == number)
-        ).scalars()
-    )
-    for trial_id in taken:
+    taken = session.execute(
+        select(trials.c.trial_id, trials.c.number)
+        .where(in_study, trials.c.number.in_(sorted(set(numbers))))
+        .order_by(trials.c.trial_id)
+    ).all()
+    for trial_id, number in taken:
         highest = session.execute(select(func.max(trials.c.number)).where(in_study)).scalar()
         moved_to = max(handle.n_trials, int(highest if highest is not None else -1) + 1)
         session.execute(update(trials).where(trials.c.trial_id == trial_id).values(number=moved_to))
@@ -578,9 +610,17 @@ def insert_running_trial(
 ) -> int:
     """Creates a RUNNING Optuna trial (params, distributions, datetime_start now) inside the
     caller's transaction; returns its id. The claim calls it."""
+    return insert_running_trials(session, handle, [(number, params)])[0]
+
+
+def insert_running_trials(
+    session: Session, handle: StudyHandle, trials: Sequence[tuple[int, dict[str, Any]]]
+) -> list[int]:
+    """insert_running_trial for many (grid number, params) of one study (a pack's members), in
+    a few statements; their ids in order."""
     from optuna.trial import TrialState
 
-    return _insert_trial_row(session, handle, number, params, TrialState.RUNNING, None, None)
+    return _insert_trial_rows(session, handle, trials, TrialState.RUNNING, None, None)
 
 
 def restart_trial(
@@ -626,11 +666,31 @@ def start_running_trial(
     """The claimed trial's Optuna trial made RUNNING in the claim's transaction: the existing
     one restarted for a re-run, or a new one when it has none or its old one was deleted.
     Returns its id (store it on our row when it changed)."""
-    if optuna_trial_id is not None:
-        if restart_trial(session, optuna_trial_id, handle=handle, number=number):
-            return optuna_trial_id
-        _trial_missing(handle.url, optuna_trial_id)
-    return insert_running_trial(session, handle, number, params)
+    return start_running_trials(session, handle, [(number, params, optuna_trial_id)])[0]
+
+
+def start_running_trials(
+    session: Session,
+    handle: StudyHandle,
+    trials: Sequence[tuple[int, dict[str, Any], int | None]],
+) -> list[int]:
+    """start_running_trial for many claimed trials of one study (a pack's members): re-runs
+    restarted one by one (rare), the new ones created together (insert_running_trials).
+    `trials` are (grid number, params, Optuna trial id or None); their ids in order."""
+    ids: list[int | None] = []
+    new: list[tuple[int, dict[str, Any]]] = []
+    for number, params, optuna_trial_id in trials:
+        if optuna_trial_id is not None:
+            if restart_trial(session, optuna_trial_id, handle=handle, number=number):
+                ids.append(optuna_trial_id)
+                continue
+            _trial_missing(handle.url, optuna_trial_id)
+        ids.append(None)
+        new.append((number, params))
+    created = iter(insert_running_trials(session, handle, new))
+    return [
+        next(created) if optuna_trial_id is None else optuna_trial_id for optuna_trial_id in ids
+    ]
 
 
 def set_trials_waiting(session: Session, optuna_trial_ids: list[int]) -> None:
@@ -795,17 +855,14 @@ def _upsert_intermediate(session: Session, optuna_trial_id: int, points: dict[in
 
 
 def _upsert_points(session: Session, trials: Sequence[tuple[int, dict[int, float]]]) -> None:
-    """Upserts the intermediate values of each (Optuna trial id, points), 200 rows a statement."""
+    """Upserts the intermediate values of each (Optuna trial id, points)."""
     from optuna.storages._rdb import models
-    from sqlalchemy import and_, delete, insert
 
-    table = models.TrialIntermediateValueModel.__table__
+    model = models.TrialIntermediateValueModel
     rows = []
     for optuna_trial_id, points in trials:
         for step, point in sorted(points.items()):
-            stored, kind = models.TrialIntermediateValueModel.intermediate_value_to_stored_repr(
-                point
-            )
+            stored, kind = model.intermediate_value_to_stored_repr(point)
             rows.append(
                 {
                     "trial_id": optuna_trial_id,
@@ -814,34 +871,13 @@ def _upsert_points(session: Session, trials: Sequence[tuple[int, dict[int, float
                     "intermediate_value_type": kind,
                 }
             )
-    if not rows:
-        return
-    dialect = session.get_bind().dialect.name
-    for start in range(0, len(rows), 200):  # SQLite's limit on bound parameters
-        chunk = rows[start : start + 200]
-        if dialect in ("postgresql", "sqlite"):
-            if dialect == "postgresql":
-                from sqlalchemy.dialects.postgresql import insert as upsert
-            else:
-                from sqlalchemy.dialects.sqlite import insert as upsert
-            statement = upsert(table).values(chunk)
-            session.execute(
-                statement.on_conflict_do_update(
-                    index_elements=[table.c.trial_id, table.c.step],
-                    set_={
-                        "intermediate_value": statement.excluded.intermediate_value,
-                        "intermediate_value_type": statement.excluded.intermediate_value_type,
-                    },
-                )
-            )
-        else:
-            for row in chunk:
-                session.execute(
-                    delete(table).where(
-                        and_(table.c.trial_id == row["trial_id"], table.c.step == row["step"])
-                    )
-                )
-            session.execute(insert(table), chunk)
+    _upsert_rows(
+        session,
+        model.__table__,
+        rows,
+        ("trial_id", "step"),
+        ("intermediate_value", "intermediate_value_type"),
+    )
 
 
 def _write_result(
@@ -851,72 +887,105 @@ def _write_result(
     trial: FinishedTrial,
     written_steps: set[int],
 ) -> None:
-    # Upserts: writing a trial's result twice (sync_optuna after a recreated mirror, a value or
-    # attribute an Optuna client set) overwrites instead of failing on Optuna's unique keys.
-    from optuna.storages._rdb import models
-    from sqlalchemy import delete, insert
+    _write_results(session, handle, [(optuna_trial_id, trial, written_steps)])
 
-    upsert = _dialect_upsert(session)
-    value = trial.value() if trial.state != "cancelled" else None
-    values_table = models.TrialValueModel.__table__
-    if value is not None:
-        stored, kind = models.TrialValueModel.value_to_stored_repr(value)
-        row = {"trial_id": optuna_trial_id, "objective": 0, "value": stored, "value_type": kind}
-        if upsert is None:
-            session.execute(
-                delete(values_table).where(
-                    values_table.c.trial_id == optuna_trial_id, values_table.c.objective == 0
-                )
+
+def _write_results(
+    session: Session,
+    handle: StudyHandle,
+    items: Sequence[tuple[int, FinishedTrial, set[int]]],
+) -> None:
+    """Each (Optuna trial id, finished trial, steps already written)'s value, intermediate values
+    not yet written and user attributes, as one upsert per table for all of them (a pack's
+    members: three statements, not three per member).
+
+    Upserts: writing a trial's result twice (sync_optuna after a recreated mirror, a value or
+    attribute an Optuna client set) overwrites instead of failing on Optuna's unique keys."""
+    from optuna.storages._rdb import models
+
+    values = []
+    for optuna_trial_id, trial, _ in items:
+        value = trial.value() if trial.state != "cancelled" else None
+        if value is not None:
+            stored, kind = models.TrialValueModel.value_to_stored_repr(value)
+            values.append(
+                {"trial_id": optuna_trial_id, "objective": 0, "value": stored, "value_type": kind}
             )
-            session.execute(insert(values_table).values(**row))
-        else:
-            statement = upsert(values_table).values(**row)
-            session.execute(
-                statement.on_conflict_do_update(
-                    index_elements=[values_table.c.trial_id, values_table.c.objective],
-                    set_={
-                        "value": statement.excluded.value,
-                        "value_type": statement.excluded.value_type,
-                    },
-                )
-            )
-    _upsert_intermediate(
+    _upsert_rows(
         session,
-        optuna_trial_id,
-        {step: v for step, v in trial.intermediate.items() if step not in written_steps},
+        models.TrialValueModel.__table__,
+        values,
+        ("trial_id", "objective"),
+        ("value", "value_type"),
     )
-    _upsert_trial_attrs(session, optuna_trial_id, trial.user_attrs(handle.distributions))
+    _upsert_points(
+        session,
+        [
+            (optuna_trial_id, {s: v for s, v in trial.intermediate.items() if s not in written})
+            for optuna_trial_id, trial, written in items
+        ],
+    )
+    attrs = [
+        {"trial_id": optuna_trial_id, "key": key, "value_json": json.dumps(attr)}
+        for optuna_trial_id, trial, _ in items
+        for key, attr in trial.user_attrs(handle.distributions).items()
+    ]
+    _upsert_rows(
+        session,
+        models.TrialUserAttributeModel.__table__,
+        attrs,
+        ("trial_id", "key"),
+        ("value_json",),
+    )
+
+
+def _upsert_rows(
+    session: Session,
+    table: Any,
+    rows: list[dict[str, Any]],
+    keys: tuple[str, ...],
+    updated: tuple[str, ...],
+) -> None:
+    """Inserts `rows` into `table`, overwriting the `updated` columns of any row whose `keys`
+    exist already: the dialect's ON CONFLICT where it has one (PostgreSQL, SQLite), else a
+    delete of those keys and an insert."""
+    from sqlalchemy import and_, delete, insert
+
+    if not rows:
+        return
+    upsert = _dialect_upsert(session)
+    if upsert is None:
+        for row in rows:
+            session.execute(delete(table).where(and_(*(table.c[key] == row[key] for key in keys))))
+        session.execute(insert(table), rows)
+        return
+    # One statement, compiled once (cached) and run as an executemany: SQLAlchemy batches the
+    # rows into multi-row VALUES itself where the driver allows (insertmanyvalues).
+    statement = upsert(table)
+    session.execute(
+        statement.on_conflict_do_update(
+            index_elements=[table.c[key] for key in keys],
+            set_={column: statement.excluded[column] for column in updated},
+        ),
+        rows,
+    )
 
 
 def _upsert_trial_attrs(session: Session, optuna_trial_id: int, values: dict[str, Any]) -> None:
     """Writes (or overwrites) user attributes of an Optuna trial in the caller's transaction."""
-    if not values:
-        return
     from optuna.storages._rdb import models
-    from sqlalchemy import delete, insert
 
-    upsert = _dialect_upsert(session)
-    attrs_table = models.TrialUserAttributeModel.__table__
     attrs = [
         {"trial_id": optuna_trial_id, "key": key, "value_json": json.dumps(attr)}
         for key, attr in values.items()
     ]
-    if upsert is None:
-        session.execute(
-            delete(attrs_table).where(
-                attrs_table.c.trial_id == optuna_trial_id,
-                attrs_table.c.key.in_([a["key"] for a in attrs]),
-            )
-        )
-        session.execute(insert(attrs_table), attrs)
-    else:
-        statement = upsert(attrs_table).values(attrs)
-        session.execute(
-            statement.on_conflict_do_update(
-                index_elements=[attrs_table.c.trial_id, attrs_table.c.key],
-                set_={"value_json": statement.excluded.value_json},
-            )
-        )
+    _upsert_rows(
+        session,
+        models.TrialUserAttributeModel.__table__,
+        attrs,
+        ("trial_id", "key"),
+        ("value_json",),
+    )
 
 
 def insert_finished_trial(session: Session, handle: StudyHandle, trial: FinishedTrial) -> int:
@@ -952,29 +1021,66 @@ def finish_trial(
     inside the caller's transaction; inserts the whole trial when it has none, or its old one
     was deleted. Returns its id; None when the Optuna study itself is gone (nothing written:
     the trial stays pending for sync_optuna, which recreates the study)."""
-    from optuna.storages._rdb import models
-    from sqlalchemy import update
+    return finish_trials(session, handle, [(optuna_trial_id, trial, written_steps or set())])[0]
 
+
+def finish_trials(
+    session: Session,
+    handle: StudyHandle,
+    items: Sequence[tuple[int | None, FinishedTrial, set[int]]],
+) -> list[int | None]:
+    """finish_trial for many trials of one study (a pack's members) in a few statements rather
+    than six per trial: the study checked once, the trials' rows read and locked in one
+    statement (id order: one lock order for every multi-trial write), their states in one
+    executemany, then one upsert per table (_write_results). `items` are (Optuna trial id or
+    None, finished trial, steps already written); returns each one's Optuna trial id, in order
+    (all None when the study is gone)."""
+    from optuna.storages._rdb import models
+    from sqlalchemy import bindparam, select, update
+
+    if not items:
+        return []
     if not study_alive(session, handle):
-        return None
-    if optuna_trial_id is None:
-        return insert_finished_trial(session, handle, trial)
+        return [None] * len(items)
     trials = models.TrialModel.__table__
-    updated = session.execute(
-        update(trials)
-        .where(
-            trials.c.trial_id == optuna_trial_id,
-            # Still that study's trial of that number: a deleted trial's id may be reused.
-            trials.c.study_id == handle.optuna_study_id,
-            trials.c.number == trial.number,
+    known = sorted({optuna_trial_id for optuna_trial_id, _, _ in items if optuna_trial_id})
+    numbers: dict[int, int] = {}
+    if known:
+        found = session.execute(
+            select(trials.c.trial_id, trials.c.number)
+            .where(trials.c.trial_id.in_(known), trials.c.study_id == handle.optuna_study_id)
+            .order_by(trials.c.trial_id)
+            .with_for_update(key_share=True)  # FOR NO KEY UPDATE: what the UPDATE would take
+        ).all()
+        numbers = {int(row.trial_id): int(row.number) for row in found}
+    ids: list[int | None] = []
+    states: list[dict[str, Any]] = []
+    results: list[tuple[int, FinishedTrial, set[int]]] = []
+    for optuna_trial_id, trial, written in items:
+        # Still that study's trial of that number: a deleted trial's id may be reused.
+        if optuna_trial_id is not None and numbers.get(optuna_trial_id) == trial.number:
+            states.append(
+                {
+                    "t_id": optuna_trial_id,
+                    "t_state": _optuna_state(trial),
+                    "t_complete": _utc_naive(trial.finished_at),
+                }
+            )
+            results.append((optuna_trial_id, trial, written))
+            ids.append(optuna_trial_id)
+            continue
+        if optuna_trial_id is not None:  # its row is gone (deleted by hand): write it again
+            _trial_missing(handle.url, optuna_trial_id)
+        ids.append(insert_finished_trial(session, handle, trial))
+    if states:
+        session.execute(
+            update(trials)
+            .where(trials.c.trial_id == bindparam("t_id"))
+            .values(state=bindparam("t_state"), datetime_complete=bindparam("t_complete")),
+            states,
         )
-        .values(state=_optuna_state(trial), datetime_complete=_utc_naive(trial.finished_at))
-    ).rowcount
-    if updated != 1:  # its row is gone (deleted by hand): write the whole trial again
-        _trial_missing(handle.url, optuna_trial_id)
-        return insert_finished_trial(session, handle, trial)
-    _write_result(session, handle, optuna_trial_id, trial, written_steps or set())
-    return optuna_trial_id
+    _write_results(session, handle, results)
+    return ids
 
 
 def record_trial(db: Database, study_id: int, trial: FinishedTrial) -> int:

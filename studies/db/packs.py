@@ -30,7 +30,7 @@ from studies.db.queue import (
     _check_lease_seconds,
     _claim_in_session,
     _claim_statement,
-    _claimed_from_row,
+    _claimed_from_rows,
     record_evaluations,
     renew_leases,
 )
@@ -139,8 +139,5 @@ def _claim_members(
         db, worker, lease_seconds, TrialRow.id.in_(ids), case(tokens, value=TrialRow.id)
     )
     rows = {row.id: row for row in session.execute(statement, execution_options=_NO_SYNC)}
-    return [
-        _claimed_from_row(session, db, rows[trial_id], tokens[trial_id], worker, lease_seconds)
-        for trial_id in ids
-        if trial_id in rows
-    ]
+    claimed = [(rows[trial_id], tokens[trial_id]) for trial_id in ids if trial_id in rows]
+    return _claimed_from_rows(session, db, claimed, worker, lease_seconds)

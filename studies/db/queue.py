@@ -39,11 +39,11 @@ from studies.db.optuna_bridge import (
     StudyHandle,
     capped_value,
     direct_writes,
-    finish_trial,
+    finish_trials,
     handle_in_session,
     record_trial,
     set_trials_waiting,
-    start_running_trial,
+    start_running_trials,
     study_handle,
     sync_optuna,
     write_intermediates,
@@ -246,43 +246,69 @@ def _claimed_from_row(
 ) -> ClaimedTrial:
     """A ClaimedTrial for a row that _claim_statement returned; its Optuna trial becomes RUNNING
     in the same transaction."""
+    return _claimed_from_rows(session, db, [(row, token)], worker, lease_seconds)[0]
+
+
+def _claimed_from_rows(
+    session: Any,
+    db: Database,
+    rows: Sequence[tuple[Any, str]],
+    worker: WorkerInfo,
+    lease_seconds: float,
+) -> list[ClaimedTrial]:
+    """_claimed_from_row for many (row, token) of one study (a pack's members), their Optuna
+    trials made RUNNING together."""
     from studies.spec import TrialConfig
 
-    optuna_trial_id = _start_optuna_trial(session, db, row)
-    return ClaimedTrial(
-        trial_id=row.id,
-        study_id=row.study_id,
-        lease_token=token,
-        attempt=row.attempts,
-        config=TrialConfig.model_validate(row.config),
-        number=row.number,
-        params=row.params,
-        lease_seconds=lease_seconds,
-        worker=worker,
-        claimed_at=row.claimed_at,
-        optuna_trial_id=optuna_trial_id,
-        pack_key=row.pack_key,
-    )
-
-
-def _start_optuna_trial(session: Any, db: Database, row: Any) -> int | None:
-    """Makes the claimed trial's Optuna trial RUNNING in the claim's transaction: created at the
-    first claim, reused by a re-run. None when Optuna is written at completion only."""
-    if not direct_writes(db.url):
-        return None  # the fallback: create_new_trial at completion
-    handle = handle_in_session(session, db.url, row.study_id)
-    if handle is None:
-        return None  # no Optuna study yet: completion creates both
-    # Restarted for a re-run, or new (also when a deleted mirror took the old one with it).
-    optuna_trial_id = start_running_trial(
-        session, handle, row.number, row.params, row.optuna_trial_id
-    )
-    if optuna_trial_id != row.optuna_trial_id:
-        session.execute(
-            update(TrialRow).where(TrialRow.id == row.id).values(optuna_trial_id=optuna_trial_id),
-            execution_options=_NO_SYNC,
+    optuna_trial_ids = _start_optuna_trials(session, db, [row for row, _ in rows])
+    return [
+        ClaimedTrial(
+            trial_id=row.id,
+            study_id=row.study_id,
+            lease_token=token,
+            attempt=row.attempts,
+            config=TrialConfig.model_validate(row.config),
+            number=row.number,
+            params=row.params,
+            lease_seconds=lease_seconds,
+            worker=worker,
+            claimed_at=row.claimed_at,
+            optuna_trial_id=optuna_trial_id,
+            pack_key=row.pack_key,
         )
-    return optuna_trial_id
+        for (row, token), optuna_trial_id in zip(rows, optuna_trial_ids, strict=True)
+    ]
+
+
+def _start_optuna_trials(session: Any, db: Database, rows: Sequence[Any]) -> list[int | None]:
+    """Makes the claimed trials' Optuna trials RUNNING in the claim's transaction (rows of one
+    study): created at the first claim, reused by a re-run. None each when Optuna is written at
+    completion only."""
+    if not rows:
+        return []
+    if not direct_writes(db.url):
+        return [None] * len(rows)  # the fallback: create_new_trial at completion
+    handle = handle_in_session(session, db.url, rows[0].study_id)
+    if handle is None:
+        return [None] * len(rows)  # no Optuna study yet: completion creates both
+    # Restarted for a re-run, or new (also when a deleted mirror took the old one with it).
+    optuna_trial_ids = start_running_trials(
+        session, handle, [(row.number, row.params, row.optuna_trial_id) for row in rows]
+    )
+    changed = [
+        {"b_id": row.id, "b_optuna_trial_id": optuna_trial_id}
+        for row, optuna_trial_id in zip(rows, optuna_trial_ids, strict=True)
+        if optuna_trial_id != row.optuna_trial_id
+    ]
+    if changed:
+        table = TrialRow.__table__
+        session.connection().execute(
+            update(table)
+            .where(table.c.id == bindparam("b_id"))
+            .values(optuna_trial_id=bindparam("b_optuna_trial_id")),
+            changed,
+        )
+    return list(optuna_trial_ids)
 
 
 def renew_lease(db: Database, claim: ClaimedTrial, *, lease_seconds: float | None = None) -> bool:
@@ -515,9 +541,12 @@ def complete_pack(
         return stored, None
     with db.session() as session:
         fresh = not finishing  # nothing to store: a plain claim
-        for index, claim, result, finished in finishing:
-            handle = handles.get(claim.study_id)
-            outcome = _complete_in_session(session, claim, result, finished, handle)
+        outcomes = _complete_in_session(
+            session,
+            [(claim, result, finished) for _, claim, result, finished in finishing],
+            handles,
+        )
+        for (index, _, _, _), outcome in zip(finishing, outcomes, strict=True):
             stored[index] = outcome != "lost"
             fresh = fresh or outcome == "stored"
         if worker is not None and fresh:
@@ -533,14 +562,80 @@ def complete_pack(
 
 def _complete_in_session(
     session: Any,
-    claim: ClaimedTrial,
-    result: TrialResult,
-    finished: FinishedTrial,
-    handle: StudyHandle | None,
-) -> str:
-    """Stores one finished trial (and its Optuna trial, given `handle`) in the caller's
-    transaction if its lease is still held: "stored"; "done" when a first try (whose reply was
-    lost) stored it already; "lost" when the lease is gone (nothing written)."""
+    items: Sequence[tuple[ClaimedTrial, TrialResult, FinishedTrial]],
+    handles: dict[int, StudyHandle],
+) -> list[str]:
+    """Stores each finished trial (and its Optuna trial, when its study has a handle) in the
+    caller's transaction if its lease is still held: "stored"; "done" when a first try (whose
+    reply was lost) stored it already; "lost" when the lease is gone (nothing written). One
+    outcome per item, in order; `items` in trial id order (one lock order for every
+    multi-trial write).
+
+    A few statements for all the items (a pack's members), not seven per member: our rows read
+    and locked in one, written in one executemany, then each study's Optuna trials in a few
+    (finish_trials). Our rows first, then Optuna's: every transaction takes the two locks in
+    that order."""
+    if not items:
+        return []
+    rows = {
+        row.id: row
+        for row in session.execute(
+            select(TrialRow.id, TrialRow.lease_token, TrialRow.state, TrialRow.optuna_trial_id)
+            .where(TrialRow.id.in_([claim.trial_id for claim, _, _ in items]))
+            .order_by(TrialRow.id)
+            .with_for_update(of=TrialRow)
+        )
+    }
+    outcomes: list[str] = []
+    writes: dict[bool, list[dict[str, Any]]] = {True: [], False: []}  # by mirrored in Optuna
+    for claim, result, finished in items:
+        row = rows.get(claim.trial_id)
+        if row is None or row.lease_token != claim.lease_token:
+            outcomes.append("lost")  # not ours (any more)
+        elif row.state == "running":
+            mirrored = claim.study_id in handles
+            writes[mirrored].append(_finished_values(claim, result, finished, mirrored))
+            outcomes.append("stored")
+        elif row.state == result.state:  # ours already: a retry after a lost reply
+            claim.optuna_trial_id = row.optuna_trial_id
+            outcomes.append("done")
+        else:
+            outcomes.append("lost")
+    for values in writes.values():
+        if values:
+            columns = [
+                key.removeprefix("b_") for key in values[0] if key not in ("b_id", "b_token")
+            ]
+            session.connection().execute(_finish_statement(columns), values)
+    stored = [item for item, outcome in zip(items, outcomes, strict=True) if outcome == "stored"]
+    for study_id, handle in handles.items():
+        members = [(claim, finished) for claim, _, finished in stored if claim.study_id == study_id]
+        if members:
+            _finish_in_session(session, handle, members)
+    return outcomes
+
+
+def _finish_statement(columns: Sequence[str]) -> Any:
+    """Our rows of finished trials, written for many trials in one executemany: the bind names
+    are the columns prefixed "b_" (SQLAlchemy reserves the column names for the SET clause),
+    still conditional on the lease, which the caller checked under the rows' locks."""
+    table = TrialRow.__table__
+    return (
+        update(table)
+        .where(
+            table.c.id == bindparam("b_id"),
+            table.c.lease_token == bindparam("b_token"),
+            table.c.state == "running",
+        )
+        .values({column: bindparam(f"b_{column}") for column in columns})
+    )
+
+
+def _finished_values(
+    claim: ClaimedTrial, result: TrialResult, finished: FinishedTrial, mirrored: bool
+) -> dict[str, Any]:
+    """The bind values of _finish_statement for one trial; `mirrored`: its Optuna trial is
+    written in the same transaction (optuna_final is set), else the flag is left as it is."""
     values: dict[str, Any] = {
         "state": result.state,
         "loss": finished.loss,
@@ -558,27 +653,11 @@ def _complete_in_session(
         "reuse_key": _reuse_key(claim.config, result),
         "reused_from": result.reused_from,
     }
-    if handle is not None:
+    if mirrored:
         values["optuna_final"] = True
-    # Our row first, then Optuna's: every transaction takes the two locks in that order.
-    updated = session.execute(
-        update(TrialRow).where(_held(claim)).values(**values), execution_options=_NO_SYNC
-    ).rowcount
-    if updated != 1:  # not ours (any more), or ours already: a retry after a lost reply
-        done = session.execute(
-            select(TrialRow.optuna_trial_id).where(
-                TrialRow.id == claim.trial_id,
-                TrialRow.lease_token == claim.lease_token,
-                TrialRow.state == result.state,
-            )
-        ).one_or_none()
-        if done is None:
-            return "lost"
-        claim.optuna_trial_id = done.optuna_trial_id
-        return "done"
-    if handle is not None:
-        _finish_in_session(session, handle, claim, finished)
-    return "stored"
+    return {"b_id": claim.trial_id, "b_token": claim.lease_token} | {
+        f"b_{key}": value for key, value in values.items()
+    }
 
 
 def _reuse_key(config: TrialConfig, result: TrialResult) -> str | None:
@@ -595,22 +674,26 @@ def _reuse_key(config: TrialConfig, result: TrialResult) -> str | None:
 
 
 def _finish_in_session(
-    session: Any, handle: StudyHandle, claim: ClaimedTrial, finished: FinishedTrial
-) -> bool:
-    """Gives the claimed trial's Optuna trial its final state in the caller's transaction;
-    False when its Optuna study is gone (the row is left for sync_optuna)."""
-    optuna_trial_id = finish_trial(
-        session, handle, claim.optuna_trial_id, finished, written_steps=claim.optuna_steps
+    session: Any, handle: StudyHandle, members: Sequence[tuple[ClaimedTrial, FinishedTrial]]
+) -> list[bool]:
+    """Gives each claimed trial's Optuna trial its final state in the caller's transaction (all
+    of them in a few statements: finish_trials); False for one whose Optuna study is gone (the
+    row is left for sync_optuna)."""
+    optuna_trial_ids = finish_trials(
+        session,
+        handle,
+        [(claim.optuna_trial_id, finished, claim.optuna_steps) for claim, finished in members],
     )
-    if optuna_trial_id != claim.optuna_trial_id:
-        session.execute(
-            update(TrialRow)
-            .where(TrialRow.id == claim.trial_id)
-            .values(optuna_trial_id=optuna_trial_id, optuna_final=optuna_trial_id is not None),
-            execution_options=_NO_SYNC,
-        )
-    claim.optuna_trial_id = optuna_trial_id
-    return optuna_trial_id is not None
+    for (claim, _), optuna_trial_id in zip(members, optuna_trial_ids, strict=True):
+        if optuna_trial_id != claim.optuna_trial_id:  # new, or recreated: rare, one by one
+            session.execute(
+                update(TrialRow)
+                .where(TrialRow.id == claim.trial_id)
+                .values(optuna_trial_id=optuna_trial_id, optuna_final=optuna_trial_id is not None),
+                execution_options=_NO_SYNC,
+            )
+        claim.optuna_trial_id = optuna_trial_id
+    return [optuna_trial_id is not None for optuna_trial_id in optuna_trial_ids]
 
 
 def _mirror_through_storage(db: Database, claim: ClaimedTrial, finished: FinishedTrial) -> None:
@@ -676,7 +759,7 @@ def _optuna_after_attempt(
         return
     finished = _finished(claim, state, None, error)
     finished.intermediate = {}  # those written so far stay; buffered ones were not stored
-    if _finish_in_session(session, handle, claim, finished):
+    if _finish_in_session(session, handle, [(claim, finished)])[0]:
         session.execute(
             update(TrialRow).where(TrialRow.id == claim.trial_id).values(optuna_final=True),
             execution_options=_NO_SYNC,

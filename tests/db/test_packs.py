@@ -476,3 +476,59 @@ def test_record_evaluations_skips_a_member_whose_optuna_trial_is_gone(database_u
         1: 0.7,
         2: 0.3,
     }
+
+
+def test_pack_mirror_writes_match_each_member_when_some_optuna_trials_are_odd(
+    database_url: str,
+) -> None:
+    """The claim and completion of a pack write every member's Optuna trial together (a few
+    statements for all): checked member by member through Optuna's own API, with a foreign
+    trial holding one member's grid number at claim time and another member's Optuna trial
+    deleted before completion."""
+    from optuna.storages._rdb import models
+    from sqlalchemy import delete
+
+    from studies.db.queue import complete_pack
+    from studies.pack import run_pack
+
+    db = migrated(database_url)
+    study = make_study(db, n_lr=3, seeds=2)  # adam: numbers 0-5
+    client = optuna.load_study(study_name=study.optuna_study_name, storage=db.url)
+    asked = client.ask()  # Optuna numbers it 0 by counting: grid trial 0's number
+    assert asked.number == 0
+    pack = claim_next_pack(db, WORKER, pack_size=6, lease_seconds=30)
+    assert [m.number for m in pack] == [0, 1, 2, 3, 4, 5]
+    running = {t._trial_id: t for t in optuna.load_study(
+        study_name=study.optuna_study_name, storage=db.url).trials}  # fmt: skip
+    for member in pack:
+        trial = running[member.optuna_trial_id]
+        assert trial.state == TrialState.RUNNING and trial.number == member.number
+        assert trial.params == {"optimizer": "adam", "lr": member.config.lr}
+        assert trial.user_attrs["seed"] == member.config.seed
+    assert running[asked._trial_id].number >= study.n_trials  # moved past the grid
+    gone = pack[2].optuna_trial_id
+    with db.session() as session:  # member 2's Optuna trial deleted behind our back
+        for model in (
+            models.TrialParamModel,
+            models.TrialUserAttributeModel,
+            models.TrialIntermediateValueModel,
+            models.TrialModel,
+        ):
+            table = model.__table__
+            session.execute(delete(table).where(table.c.trial_id == gone))
+    results = run_pack([m.config for m in pack])
+    stored, _ = complete_pack(db, list(zip(pack, results, strict=True)), None)
+    assert stored == [True] * 6
+    assert pack[2].optuna_trial_id not in (None, gone)  # written again, whole
+    rows = {r.id: r for r in _rows(db, study.id)}
+    finished = {t._trial_id: t for t in optuna.load_study(
+        study_name=study.optuna_study_name, storage=db.url).trials}  # fmt: skip
+    for member, result in zip(pack, results, strict=True):
+        row, trial = rows[member.trial_id], finished[member.optuna_trial_id]
+        assert row.optuna_trial_id == member.optuna_trial_id and row.optuna_final
+        assert trial.number == member.number
+        assert trial.params == {"optimizer": "adam", "lr": member.config.lr}
+        assert trial.state == TrialState.COMPLETE and trial.value == pytest.approx(row.value)
+        assert trial.intermediate_values == {p.step: p.val_loss for p in result.curve}
+        assert trial.user_attrs["adamod_lab_trial_id"] == member.trial_id
+        assert trial.user_attrs["loss"] == pytest.approx(result.loss)
