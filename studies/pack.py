@@ -188,6 +188,24 @@ def _shared_shuffled_data(problems: list[Problem]) -> tuple[Tensor, ...] | None:
     return first.data
 
 
+def _distinct_orders(samplers: list[ShuffledBatches], epoch: int) -> tuple[Tensor, Tensor]:
+    """The epoch's row permutations of the members' distinct seeds, [S, n], and for each
+    member the row of its own, [K] (an index tensor on the permutations' device).
+
+    A sampler's order is a function of its seed, the epoch, the row count and the device, and
+    the last two are shared here (_shared_shuffled_data), so members of one seed, common in a
+    sensitivity study (many lrs per seed), draw their permutation once: the same values."""
+    rows: dict[int, int] = {}
+    orders: list[Tensor] = []
+    for sampler in samplers:
+        if sampler.seed not in rows:
+            rows[sampler.seed] = len(orders)
+            orders.append(sampler.order(epoch))
+    stacked = torch.stack(orders)
+    member_order = torch.tensor([rows[s.seed] for s in samplers], device=stacked.device)
+    return stacked, member_order
+
+
 class _Freezer:
     """Holds stopped members where they stopped: their slices of every per-member tensor (the
     parameters and the optimizer state shaped like them) are put back after each step."""
@@ -231,6 +249,10 @@ class _Freezer:
                 tensor.index_copy_(0, self._index, saved)
 
 
+# Which Problem field holds the stacked form of each tensor metrics field (see Problem).
+_PACK_METRICS = {"metrics": "pack_metrics", "test_metrics": "pack_test_metrics"}
+
+
 class _PackModel:
     """The members' parameters and buffers stacked, and the vmapped loss and metrics on them."""
 
@@ -258,19 +280,24 @@ class _PackModel:
         vmap's in_dims for it.
 
         Members that shuffle equal tensors (ShuffledBatches) are gathered with one indexing per
-        tensor for the whole epoch; others batch by batch, member by member. The batches are
-        the same values either way, laid out alike (contiguous)."""
+        tensor for the whole epoch, once per distinct seed (members of one seed share their
+        order), then each step's slice is picked for every member; others batch by batch,
+        member by member. The batches are the same values either way, laid out alike
+        (contiguous)."""
         if self._shuffled is None:
             epochs = [problem.train_batches(epoch) for problem in self.problems]
             for batches in zip(*epochs, strict=True):
                 yield _stack_batches(batches)
             return
         samplers = [cast(ShuffledBatches, problem.train_batches) for problem in self.problems]
-        orders = torch.stack([sampler.order(epoch) for sampler in samplers])  # [K, n]
-        gathered = [tensor[orders] for tensor in self._shuffled]  # each [K, n, ...]
+        orders, member_order = _distinct_orders(samplers, epoch)  # [S, n], [K] indices into S
+        gathered = [tensor[orders] for tensor in self._shuffled]  # each [S, n, ...]
         size, dims = samplers[0].batch_size, (0,) * len(gathered)
         for start in range(0, orders.shape[1], size):
-            yield tuple(g[:, start : start + size].contiguous() for g in gathered), dims
+            yield (
+                tuple(g[:, start : start + size].index_select(0, member_order) for g in gathered),
+                dims,
+            )
 
     def backward(self, batch: Any, batch_dims: Any) -> Tensor:
         """Every member's training loss on its own batch (one step of `epoch_batches`); each
@@ -301,15 +328,31 @@ class _PackModel:
         return losses.detach()
 
     def metrics(self, which: str) -> list[dict[str, float]]:
-        """Every member's validation ("metrics") or test ("test_metrics") metrics, as floats."""
+        """Every member's validation ("metrics") or test ("test_metrics") metrics, as floats.
+
+        Through the workload's stacked metrics when it gives them (Problem.pack_metrics,
+        pack_test_metrics: no vmap), else its tensor metrics vmapped over the members, else
+        each member's own evaluate."""
         self.module.eval()
         try:
-            fn = getattr(self.problems[0], which)
+            first = self.problems[0]
+            stacked = getattr(first, _PACK_METRICS[which])
+            if stacked is not None:
+                return self._stacked_metrics(stacked)
+            fn = getattr(first, which)
             if fn is not None:
                 return self._vmapped_metrics(fn)
             return self._one_by_one(which)
         finally:
             self.module.train()
+
+    def _stacked_metrics(
+        self, fn: Callable[[dict[str, Tensor]], dict[str, Tensor]]
+    ) -> list[dict[str, float]]:
+        """The workload's metrics of all members at once from the stacked parameters. The
+        first member's closes over the split; every member shares it (one pack_key)."""
+        with torch.no_grad():
+            return self._per_member(fn(self.params))
 
     def _vmapped_metrics(
         self, fn: Callable[[nn.Module], dict[str, Tensor]]
@@ -322,6 +365,10 @@ class _PackModel:
         params, buffers = self._swapped()
         with torch.no_grad():
             table = vmap(member_metrics, randomness="different")(params, buffers)
+        return self._per_member(table)
+
+    def _per_member(self, table: dict[str, Tensor]) -> list[dict[str, float]]:
+        """{key: [K] tensor} -> one {key: float} per member (one host transfer per key)."""
         columns = {key: value.tolist() for key, value in table.items()}
         return [
             {key: values[k] for key, values in columns.items()} for k in range(len(self.problems))

@@ -44,6 +44,13 @@ class Problem:
     # [K, ...]), without vmap. It must equal loss_fn member by member. None: the pack runs
     # loss_fn through vmap, which works for any model but is slower for small ones.
     pack_loss: Callable[[dict[str, Tensor], Any], Tensor] | None = None
+    # The same fast path for evaluation: every member's `metrics` / `test_metrics` from the
+    # stacked parameters ({"loss": [K], "accuracy": [K]}, float64), equal to them member by
+    # member (e.g. stacked.stacked_classifier_metrics). They close over the split of this
+    # problem, which every member of a pack shares (the split is not the trial seed's). None:
+    # the pack vmaps `metrics` / `test_metrics`; pack_test_metrics is None without test_metrics.
+    pack_metrics: Callable[[dict[str, Tensor]], dict[str, Tensor]] | None = None
+    pack_test_metrics: Callable[[dict[str, Tensor]], dict[str, Tensor]] | None = None
 
     def __post_init__(self) -> None:
         if self.steps_per_epoch < 1:

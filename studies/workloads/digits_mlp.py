@@ -30,7 +30,13 @@ from studies.workloads.common import (
     seeded_init,
     split_indices,
 )
-from studies.workloads.stacked import stacked_classifier_loss, stacked_sequential
+from studies.workloads.stacked import (
+    PackMetrics,
+    StackedForward,
+    stacked_classifier_loss,
+    stacked_classifier_metrics,
+    stacked_sequential,
+)
 
 __all__ = ["N_IMAGES", "WORKLOAD", "DigitsConfig", "data_splits", "load_digits_data"]
 
@@ -130,6 +136,11 @@ def _mlp(config: DigitsConfig) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+def _pack_metrics(forward: StackedForward | None, x: Tensor, y: Tensor) -> PackMetrics | None:
+    """The stacked form of classifier_metrics(x, y) for a pack, when the model has one."""
+    return None if forward is None else stacked_classifier_metrics(forward, x, y)
+
+
 def _build(config: DigitsConfig, seed: int, device: torch.device) -> Problem:
     x, y, sha = load_digits_data()
     parts = data_splits(config)
@@ -149,10 +160,14 @@ def _build(config: DigitsConfig, seed: int, device: torch.device) -> Problem:
         x, y = batch
         return F.cross_entropy(m(x), y)
 
-    metrics = classifier_metrics(on_device(x, "val"), on_device(y, "val"))
-    test_metrics = None
+    x_val, y_val = on_device(x, "val"), on_device(y, "val")
+    metrics = classifier_metrics(x_val, y_val)
+    pack_metrics = _pack_metrics(stacked_forward, x_val, y_val)
+    test_metrics = pack_test_metrics = None
     if len(parts["test"]):
-        test_metrics = classifier_metrics(on_device(x, "test"), on_device(y, "test"))
+        x_test, y_test = on_device(x, "test"), on_device(y, "test")
+        test_metrics = classifier_metrics(x_test, y_test)
+        pack_test_metrics = _pack_metrics(stacked_forward, x_test, y_test)
     return Problem(
         model=model,
         train_batches=ShuffledBatches((x_train, y_train), config.batch_size, seed),
@@ -164,6 +179,8 @@ def _build(config: DigitsConfig, seed: int, device: torch.device) -> Problem:
         steps_per_epoch=steps_per_epoch,
         eval_every=steps_per_epoch,
         pack_loss=None if stacked_forward is None else stacked_classifier_loss(stacked_forward),
+        pack_metrics=pack_metrics,
+        pack_test_metrics=pack_test_metrics,
         extras={
             "n_train": n,
             "n_val": len(parts["val"]),

@@ -58,7 +58,11 @@ from studies.workloads.common import (
     seeded_init,
     split_indices,
 )
-from studies.workloads.stacked import stacked_classifier_loss, stacked_linear
+from studies.workloads.stacked import (
+    stacked_classifier_loss,
+    stacked_classifier_metrics,
+    stacked_linear,
+)
 
 __all__ = [
     "CACHE_DIR_ENV",
@@ -317,8 +321,11 @@ def _build(config: Mnist1dConfig, seed: int, device: torch.device) -> Problem:
         xb, yb = batch
         return F.cross_entropy(m(xb), yb)
 
-    metrics = classifier_metrics(on_device(x, val_idx), on_device(y, val_idx))
-    test_metrics = classifier_metrics(on_device(x, test_idx), on_device(y, test_idx))
+    x_val, y_val = on_device(x, val_idx), on_device(y, val_idx)
+    x_test, y_test = on_device(x, test_idx), on_device(y, test_idx)
+    metrics, test_metrics = classifier_metrics(x_val, y_val), classifier_metrics(x_test, y_test)
+    stacked = config.model == "mlp"  # the CNN has no stacked forward: the pack vmaps it
+    forward = Mnist1dMLP.stacked_forward
     return Problem(
         model=model,
         train_batches=ShuffledBatches((x_train, y_train), config.batch_size, seed),
@@ -329,9 +336,9 @@ def _build(config: Mnist1dConfig, seed: int, device: torch.device) -> Problem:
         test_metrics=test_metrics,
         steps_per_epoch=steps_per_epoch,
         eval_every=config.eval_every,
-        pack_loss=(
-            stacked_classifier_loss(Mnist1dMLP.stacked_forward) if config.model == "mlp" else None
-        ),
+        pack_loss=stacked_classifier_loss(forward) if stacked else None,
+        pack_metrics=stacked_classifier_metrics(forward, x_val, y_val) if stacked else None,
+        pack_test_metrics=stacked_classifier_metrics(forward, x_test, y_test) if stacked else None,
         extras={
             "n_train": n_train,
             "n_val": len(val_idx),

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from studies import pack as pack_module
 from studies.budget import Budget
 from studies.pack import check_pack, packable, parse_pack_size, run_pack
 from studies.spec import OPTIMIZERS, TrialConfig
@@ -35,7 +36,7 @@ class _Mlp64Config(BaseModel):
     model_config = ConfigDict(extra="forbid")
     width: int = 16
     batch_size: int = 16
-    stacked: bool = False  # give the pack its stacked loss (no vmap): the fast path
+    stacked: bool = False  # give the pack its stacked loss and metrics (no vmap): the fast path
 
 
 def _build_mlp64(config: _Mlp64Config, seed: int, device: torch.device) -> Problem:
@@ -67,7 +68,7 @@ def _build_mlp64(config: _Mlp64Config, seed: int, device: torch.device) -> Probl
         return metrics
 
     val, test = metrics_on(x_val, y_val), metrics_on(x_test, y_test)
-    pack_loss = None
+    pack_loss = pack_val = pack_test = None
     if config.stacked:
         forward = stacked_sequential(model)
         assert forward is not None
@@ -76,6 +77,17 @@ def _build_mlp64(config: _Mlp64Config, seed: int, device: torch.device) -> Probl
             xb, yb = batch  # [K, B, 8], [K, B, 2]
             out = forward(params, xb.transpose(1, 2)).transpose(1, 2)
             return (out - yb).square().mean(dim=(1, 2))
+
+        def pack_metrics_on(xs: Tensor, ys: Tensor) -> Any:
+            def pack_metrics(params: dict[str, Tensor]) -> dict[str, Tensor]:
+                k = params["0.weight"].shape[0]
+                shared = xs.t().unsqueeze(0).expand(k, -1, -1)  # one split for all members
+                out = forward(params, shared).transpose(1, 2)
+                return {"loss": (out - ys).square().mean(dim=(1, 2))}
+
+            return pack_metrics
+
+        pack_val, pack_test = pack_metrics_on(x_val, y_val), pack_metrics_on(x_test, y_test)
 
     return Problem(
         model=model.to(device),
@@ -88,6 +100,8 @@ def _build_mlp64(config: _Mlp64Config, seed: int, device: torch.device) -> Probl
         steps_per_epoch=4,
         eval_every=10,
         pack_loss=pack_loss,
+        pack_metrics=pack_val,
+        pack_test_metrics=pack_test,
     )
 
 
@@ -203,6 +217,20 @@ def test_every_member_equals_its_unfused_trial(
     # the members really differ (a pack that trained one member thrice would fail above, but
     # make the point explicit)
     assert len({round(r.loss or 0.0, 12) for r in packed}) == 3
+
+
+def test_the_stacked_path_evaluates_without_vmap(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With Problem.pack_metrics the members' evaluations (validation and test) come from it,
+    not from vmap, and are still their unfused trials' to 1e-9."""
+
+    def no_vmap(*args: Any) -> Any:
+        raise AssertionError("vmapped metrics on the stacked path")
+
+    monkeypatch.setattr(pack_module._PackModel, "_vmapped_metrics", no_vmap)
+    configs = three_members("adamod", "cosine", **STACKED)
+    for config, result in zip(configs, run_pack(configs), strict=True):
+        assert result.test_loss is not None
+        assert_same_trial(result, run_trial(config))
 
 
 @pytest.mark.parametrize("optimizer", ["adamod", "diffmod"])

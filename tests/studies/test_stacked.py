@@ -1,4 +1,5 @@
-"""Stacked losses (studies/workloads/stacked.py) against each member's own module, in float64.
+"""Stacked losses and metrics (studies/workloads/stacked.py) against each member's own module,
+in float64.
 
 The reference is the plain nn.Module forward and autograd of every member on its own slice of
 the batch, a loop over members: no stacking, no vmap, none of the code under test.
@@ -13,10 +14,13 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from studies.workloads import stacked
+from studies.workloads.common import classifier_metrics
 from studies.workloads.mnist1d import Mnist1dCNN, Mnist1dMLP
 from studies.workloads.registry import get_workload
 from studies.workloads.stacked import (
     stacked_classifier_loss,
+    stacked_classifier_metrics,
     stacked_cross_entropy,
     stacked_linear,
     stacked_sequential,
@@ -183,3 +187,122 @@ def test_workloads_give_their_pack_loss_and_it_is_their_loss_fn(
 
 def test_mnist1d_cnn_is_not_a_sequential_mlp() -> None:
     assert stacked_sequential(Mnist1dCNN(channels=2)) is None
+
+
+def _split(features: int, n: int = 23, classes: int = 4) -> tuple[Tensor, Tensor]:
+    """A shared evaluation split: x [n, features] float64, class targets y [n]."""
+    generator = torch.Generator().manual_seed(11)
+    x = torch.randn(n, features, generator=generator, dtype=torch.float64)
+    return x, torch.randint(0, classes, (n,), generator=generator)
+
+
+def _assert_metrics_match(
+    pack_metrics: Any, models: list[nn.Module], x: Tensor, y: Tensor, chunk: int
+) -> dict[str, Tensor]:
+    """Each member's stacked metrics equal classifier_metrics on its own module."""
+    got = pack_metrics(_stack(models))
+    assert set(got) == {"loss", "accuracy"}
+    for value in got.values():
+        assert value.shape == (len(models),) and value.dtype == torch.float64
+    reference = classifier_metrics(x, y, chunk)
+    for k, model in enumerate(models):
+        want = reference(model)
+        assert got["loss"][k].item() == pytest.approx(want["loss"].item(), rel=RTOL, abs=0)
+        assert got["accuracy"][k].item() == pytest.approx(want["accuracy"].item(), rel=RTOL)
+    return got
+
+
+@pytest.mark.parametrize("chunk", [4096, 10, 1], ids=["one-chunk", "three-chunks", "per-row"])
+def test_stacked_classifier_metrics_are_each_members_classifier_metrics(chunk: int) -> None:
+    models = _members(lambda: nn.Sequential(nn.Linear(5, 6), nn.ReLU(), nn.Linear(6, 4)), k=4)
+    forward = stacked_sequential(models[0])
+    assert forward is not None
+    x, y = _split(5)
+    got = _assert_metrics_match(
+        stacked_classifier_metrics(forward, x, y, chunk), models, x, y, chunk
+    )
+    assert len(set(got["loss"].tolist())) == 4  # the members really differ
+
+
+def test_mnist1d_mlp_stacked_metrics_match_each_member() -> None:
+    models = _members(lambda: Mnist1dMLP(hidden=12))
+    x, y = _split(40, classes=10)
+    pack_metrics = stacked_classifier_metrics(Mnist1dMLP.stacked_forward, x, y, chunk=8)
+    _assert_metrics_match(pack_metrics, models, x, y, chunk=8)
+
+
+def test_how_members_are_grouped_into_passes_changes_no_number(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    models = _members(lambda: nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 4)), k=5)
+    forward = stacked_sequential(models[0])
+    assert forward is not None
+    x, y = _split(5)
+    whole = stacked_classifier_metrics(forward, x, y)(_stack(models))
+    monkeypatch.setattr(stacked, "_PASS_ELEMENTS", 2 * 6 * len(y))  # two members per pass
+    assert [len(g["0.weight"]) for g in stacked._member_groups(_stack(models), len(y))] == [
+        2,
+        2,
+        1,
+    ]
+    grouped = stacked_classifier_metrics(forward, x, y)(_stack(models))
+    for key, value in whole.items():
+        assert torch.equal(grouped[key], value), key
+
+
+def test_stacked_classifier_metrics_refuse_an_empty_split() -> None:
+    forward = stacked_sequential(nn.Sequential(nn.Linear(2, 2)))
+    assert forward is not None
+    with pytest.raises(ValueError, match="empty split"):
+        stacked_classifier_metrics(forward, torch.zeros(0, 2), torch.zeros(0, dtype=torch.long))
+
+
+def test_stacked_linear_of_a_shared_input_is_each_members_linear() -> None:
+    """A stride-0 expand of one input (evaluation) takes the one-product path: the same
+    values as the per-member product on a real copy, with and without bias."""
+    generator = torch.Generator().manual_seed(4)
+    weight = torch.randn(K, 4, 5, generator=generator, dtype=torch.float64)
+    bias = torch.randn(K, 4, generator=generator, dtype=torch.float64)
+    x_t = torch.randn(5, BATCH, generator=generator, dtype=torch.float64)
+    shared = x_t.unsqueeze(0).expand(K, -1, -1)
+    assert shared.stride(0) == 0
+    for b in (bias, None):
+        got = stacked_linear(shared, weight, b)
+        want = stacked_linear(shared.contiguous(), weight, b)
+        assert got.shape == (K, 4, BATCH)
+        torch.testing.assert_close(got, want, rtol=RTOL, atol=1e-15)
+
+
+@pytest.mark.parametrize(
+    ("workload", "config", "fast", "test_split"),
+    [
+        ("digits_mlp", {"hidden": 8, "depth": 2}, True, True),
+        ("digits_mlp", {"hidden": 8, "depth": 1, "test_fraction": 0.0}, True, False),
+        ("mnist1d", {"model": "mlp", "hidden": 8, "num_samples": 400}, True, True),
+        ("mnist1d", {"model": "cnn", "channels": 4, "num_samples": 400}, False, True),
+        ("tiny_transformer", {}, False, False),
+    ],
+)
+def test_workloads_give_their_pack_metrics_and_they_are_their_metrics(
+    workload: str, config: dict[str, Any], fast: bool, test_split: bool
+) -> None:
+    """The stacked metrics each workload gives the pack equal its own metrics and
+    test_metrics on each member (float32, as trained: the same kernels up to summation order,
+    so a float32 tolerance)."""
+    spec = get_workload(workload)
+    cfg = spec.config_model.model_validate(config)
+    problems = [spec.build(cfg, seed, torch.device("cpu")) for seed in range(K)]
+    first = problems[0]
+    if not fast:
+        assert first.pack_metrics is None and first.pack_test_metrics is None
+        return
+    assert (first.pack_test_metrics is not None) == test_split == (first.test_metrics is not None)
+    params = _stack([p.model for p in problems])
+    pairs = [(first.pack_metrics, first.metrics), (first.pack_test_metrics, first.test_metrics)]
+    for pack_metrics, metrics in pairs[: 1 + test_split]:
+        assert pack_metrics is not None and metrics is not None
+        got = pack_metrics(params)
+        for k, problem in enumerate(problems):
+            want = metrics(problem.model)
+            assert got["loss"][k].item() == pytest.approx(want["loss"].item(), rel=1e-5)
+            assert got["accuracy"][k].item() == pytest.approx(want["accuracy"].item(), abs=1e-2)
