@@ -33,10 +33,17 @@ def member_scalars(
     `member_coefficients` computes the same formulas with float64 tensors; here they go through
     the scalar path's own `coefficients`, so that no rounding can differ from a scalar step.
     """
-    rows = [
-        coefficients(step, beta1=b1, beta2=b2, lr=lr_k, eps=eps_k, form=form)
-        for b1, b2, lr_k, eps_k in zip(beta1, beta2, lr, eps, strict=True)
-    ]
+    # Members of a sensitivity study share most hyperparameters (64 members: a handful of
+    # distinct lrs), so each distinct tuple is computed once; every member still gets exactly
+    # the scalar path's floats.
+    memo: dict[tuple[float, float, float, float], tuple[float, float, float]] = {}
+    rows = []
+    for key in zip(beta1, beta2, lr, eps, strict=True):
+        row = memo.get(key)
+        if row is None:
+            b1, b2, lr_k, eps_k = key
+            row = memo[key] = coefficients(step, beta1=b1, beta2=b2, lr=lr_k, eps=eps_k, form=form)
+        rows.append(row)
     c, eps_, scale = (list(column) for column in zip(*rows, strict=True))
     return c, eps_, scale
 

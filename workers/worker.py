@@ -287,6 +287,7 @@ class Worker:
         log.info("worker %s pid %d on %s", self.info.host, self.info.pid, self.device)
         try:
             self.trainer.start()  # its imports overlap the migration and the registration
+            self.sizer.warm()  # so do the pack sizer's
             self._retry(self.db.migrate, "migrate")
             identity = self._identity = self._retry(
                 lambda: register_worker(

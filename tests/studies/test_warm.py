@@ -6,6 +6,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from studies.spec import TrialConfig
 
 
@@ -53,3 +55,28 @@ def test_warm_up_leaves_the_random_streams_and_a_trial_result_alone() -> None:
     warm = _fresh("WARM = True\n" + textwrap.dedent(code))
     assert warm.startswith("[true,"), warm
     assert warm == cold  # the same curve, to the bit (floats printed in full by json)
+
+
+_FAULTS_OF_REPEATED_ALLOCATIONS = """
+    import resource, torch
+    from studies.warm import keep_freed_memory
+    kept = keep_freed_memory() if {keep} else False
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(30):  # what a pack's steps do: the same large temporaries, again and again
+        torch.empty(12 << 20).fill_(1.0)  # 48 MiB, freed at once
+    print(kept, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+_PAGES = (48 << 20) // 4096
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_keep_freed_memory_stops_refaulting_the_same_temporaries() -> None:
+    """A 48 MiB block is over glibc's largest adaptive mmap threshold (32 MiB): by default each
+    is mapped for its allocation and unmapped at its free, so 30 rounds fault its pages in 30
+    times; kept in the heap, the first two rounds do (up to six seen: the heap may have to
+    move). Smaller blocks show it only until glibc adapts: a fresh trainer's first pack."""
+    kept, faults_kept = _fresh(_FAULTS_OF_REPEATED_ALLOCATIONS.format(keep=True)).split()
+    _, faults_default = _fresh(_FAULTS_OF_REPEATED_ALLOCATIONS.format(keep=False)).split()
+    assert kept == "True"
+    assert int(faults_default) > 25 * _PAGES  # what is fixed: every round refaults
+    assert int(faults_kept) < 12 * _PAGES
