@@ -544,9 +544,9 @@ def _insert_trial_rows(
     ]
     # Only the study's varying axes the trial has a value for (Adam trials lack β3); the seed
     # and the fixed settings become user attributes, visible while the trial runs.
-    param_rows, attr_rows = [], []
+    param_rows, attrs = [], []
     for optuna_trial_id, (_, params) in zip(ids, trials, strict=True):
-        optuna_params, attrs = split_params(params, handle.distributions)
+        optuna_params, fixed = split_params(params, handle.distributions)
         param_rows += [
             {
                 "trial_id": optuna_trial_id,
@@ -556,19 +556,10 @@ def _insert_trial_rows(
             }
             for name, value in optuna_params.items()
         ]
-        attr_rows += [
-            {"trial_id": optuna_trial_id, "key": key, "value_json": json.dumps(attr)}
-            for key, attr in attrs.items()
-        ]
+        attrs.append((optuna_trial_id, fixed))
     if param_rows:
         session.execute(insert(models.TrialParamModel.__table__), param_rows)
-    _upsert_rows(
-        session,
-        models.TrialUserAttributeModel.__table__,
-        attr_rows,
-        ("trial_id", "key"),
-        ("value_json",),
-    )
+    _upsert_trial_attrs(session, attrs)
     return ids
 
 
@@ -925,17 +916,12 @@ def _write_results(
             for optuna_trial_id, trial, written in items
         ],
     )
-    attrs = [
-        {"trial_id": optuna_trial_id, "key": key, "value_json": json.dumps(attr)}
-        for optuna_trial_id, trial, _ in items
-        for key, attr in trial.user_attrs(handle.distributions).items()
-    ]
-    _upsert_rows(
+    _upsert_trial_attrs(
         session,
-        models.TrialUserAttributeModel.__table__,
-        attrs,
-        ("trial_id", "key"),
-        ("value_json",),
+        [
+            (optuna_trial_id, trial.user_attrs(handle.distributions))
+            for optuna_trial_id, trial, _ in items
+        ],
     )
 
 
@@ -971,18 +957,20 @@ def _upsert_rows(
     )
 
 
-def _upsert_trial_attrs(session: Session, optuna_trial_id: int, values: dict[str, Any]) -> None:
-    """Writes (or overwrites) user attributes of an Optuna trial in the caller's transaction."""
+def _upsert_trial_attrs(session: Session, trials: Sequence[tuple[int, dict[str, Any]]]) -> None:
+    """Writes (or overwrites) the user attributes of each (Optuna trial id, attributes) in the
+    caller's transaction, in one upsert."""
     from optuna.storages._rdb import models
 
-    attrs = [
+    rows = [
         {"trial_id": optuna_trial_id, "key": key, "value_json": json.dumps(attr)}
+        for optuna_trial_id, values in trials
         for key, attr in values.items()
     ]
     _upsert_rows(
         session,
         models.TrialUserAttributeModel.__table__,
-        attrs,
+        rows,
         ("trial_id", "key"),
         ("value_json",),
     )
