@@ -196,16 +196,25 @@ def test_time_limit_signal_hands_back_and_requeues_the_task(
         return state.stdout.strip() == "PENDING"
 
     wait_for(requeued, timeout=60, what="the task to requeue itself")
+
     def restarted() -> bool:
         # Slurm holds a requeued job for two minutes; an operator (here the test) may start it
         # now. Asked again until it starts: the first ask can come while the job still completes.
+        # A requeue that Slurm turned into a hold (a launch it counted as failed) is released.
         cluster.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=False)
+        cluster.run(["scontrol", "release", job], check=False)
         time.sleep(0.5)
         return json.loads(record_path.read_text())["pid"] != first_pid
 
     # 180 s: past Slurm's own two-minute hold, should every ask to start it now be ignored (in
-    # CI once, no ask took within 60 s).
-    wait_for(restarted, timeout=180, what="the requeued task to start again")
+    # CI once, no ask took within 60 s; once more, none within 180 s: hence the release).
+    try:
+        wait_for(restarted, timeout=180, what="the requeued task to start again")
+    except AssertionError as exc:
+        state = cluster.run(["squeue", "--noheader", "-j", job, "-o", "%T %r"], check=False)
+        raise AssertionError(
+            f"{exc}; squeue: {state.stdout.strip()!r}\n" + _task_logs(log_dir) + cluster.logs()
+        ) from None
     _wait_for_no_jobs(cluster, job.split("_")[0], log_dir, timeout=120)
     logs = _task_logs(log_dir)  # --open-mode=append: both runs of the task
     assert f"trial {victim.id} stopped" in logs and "handed back: True" in logs, logs
