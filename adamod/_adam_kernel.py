@@ -3,8 +3,10 @@
 With β3 = 0 AdaMod's bound is the current step size itself (s_t = η_t), so min(η_t, s_t) = η_t
 and the update is Adam's (Ding et al. 2019, §3): with the printed form's coefficients
 c = lr·√bc2, ε' = ε·√bc2 and scale = 1/bc1, θ ← θ - (lr/bc1)·m / (√v/√bc2 + ε), torch's Adam
-rearranged. One pass over every member's elements replaces the ~10 broadcast foreach passes
-of members.adam, which made the optimizer half of a digits Adam pack's step.
+rearranged. The kernel's Adam mode (exp_avg_lrs None) takes that step with no s_t array to
+read or write (a pack's step once allocated and zeroed one per param). One pass over every
+member's elements replaces the ~10 broadcast foreach passes of members.adam, which made the
+optimizer half of a digits Adam pack's step.
 
 Rounding differs from torch's order of operations (float64: ~1e-16 per step); members.adam
 and this path are both checked against torch.optim.Adam per member in tests/adamod.
@@ -41,8 +43,7 @@ def adam_by_kernel(
         return False
     if len({p.dtype for p in params}) != 1 or not _cpu_kernel.available():
         return False
-    scratch = [torch.zeros_like(p) for p in params]  # s_t: overwritten with η_t, never read
-    tensors = Tensors(params, grads, exp_avgs, exp_avg_sqs, scratch, None, state_steps)
+    tensors = Tensors(params, grads, exp_avgs, exp_avg_sqs, None, None, state_steps)
     if not all(kernel_fits(tensors, i) for i in range(len(params))):
         return False
     zero = torch.zeros(1, dtype=torch.float64)

@@ -30,12 +30,16 @@ typedef struct {
     int64_t use_abs;
 } Scalars;
 
-/* m_t, v_t, eta_t, s_t and min(eta_t, s_t) of element i (names shared by the loops below) */
-#define ADAMOD_MOMENTS(T, SQRT)                                                                \
+/* m_t, v_t and eta_t of element i (names shared by the loops below) */
+#define ADAMOD_STEP_SIZE(T, SQRT)                                                              \
     T gi = gg[i] * tsign;                                                                      \
     T mi = tb1 * mm[i] + ob1 * gi;                                                             \
     T vi = tb2 * vv[i] + ob2 * gi * gi;                                                        \
-    T eta = tc / (SQRT(vi) + te);                                                              \
+    T eta = tc / (SQRT(vi) + te);
+
+/* ... then s_t and min(eta_t, s_t) */
+#define ADAMOD_MOMENTS(T, SQRT)                                                                \
+    ADAMOD_STEP_SIZE(T, SQRT)                                                                  \
     T si = tb3 * ss[i] + ob3 * eta;                                                            \
     T eff = si < eta ? si : eta;
 
@@ -57,12 +61,20 @@ typedef struct {
     pp[i] = pp[i] * tdecay - tscale * eff * (DIRECTION);                                       \
     mm[i] = mi; vv[i] = vi; ss[i] = si;
 
+/* Adam's store: no s_t, and the step size is eta_t itself (AdaMod with beta3 = 0: s_t = eta_t,
+ * so min(eta_t, s_t) = eta_t bit for bit, whatever s_{t-1} held) */
+#define ADAMOD_STORE_ADAM                                                                      \
+    pp[i] = pp[i] * tdecay - tscale * eta * mi;                                                \
+    mm[i] = mi; vv[i] = vi;
+
 #define ADAMOD_REDUCTION                                                                       \
     _Pragma("omp simd reduction(+:active, eta_sum, eff_sum) reduction(max:eta_max, eff_max)")
 
 /* Elements [start, end) of one tensor (pointers at its first element) with one set of scalars;
- * qq == NULL means AdaMod, stats == NULL no telemetry. Never inlined: both entry points then run
- * the very same machine code per element, whatever the compiler decides about contraction. */
+ * qq == NULL means AdaMod, stats == NULL no telemetry, ss == NULL Adam (no bound state: beta3
+ * is taken as 0, and neither friction nor telemetry apply). Never inlined: both entry points
+ * then run the very same machine code per element, whatever the compiler decides about
+ * contraction. */
 #define DEFINE_SEGMENT(NAME, T, EXP, SQRT)                                                    \
 __attribute__((noinline)) static void NAME(                                                    \
     T *restrict pp, const T *restrict gg, T *restrict mm, T *restrict vv, T *restrict ss,      \
@@ -73,6 +85,14 @@ __attribute__((noinline)) static void NAME(                                     
     const T tfa = (T)x->fa, tfk = (T)x->fk, tfb = (T)x->fb;                                    \
     const T keep_sign = x->use_abs ? (T)0 : (T)1;                                              \
     (void)tfa; (void)tfk; (void)tfb; (void)keep_sign;                                          \
+    if (!ss) {                                                                                 \
+        _Pragma("omp simd")                                                                    \
+        for (int64_t i = start; i < end; ++i) {                                                \
+            ADAMOD_STEP_SIZE(T, SQRT)                                                          \
+            ADAMOD_STORE_ADAM                                                                  \
+        }                                                                                      \
+        return;                                                                                \
+    }                                                                                          \
     if (!qq && !stats) {                                                                       \
         _Pragma("omp simd")                                                                    \
         for (int64_t i = start; i < end; ++i) {                                                \
@@ -127,7 +147,8 @@ void NAME(int64_t n, T **p, T **g, T **m, T **v, T **s, T **prev, const int64_t 
         int64_t end = hi - base < sizes[t] ? hi - base : sizes[t];                             \
         if (end <= start) continue;                                                            \
         x.c = c[t]; x.eps = eps[t]; x.scale = scale[t];                                        \
-        SEGMENT(p[t], g[t], m[t], v[t], s[t], prev ? prev[t] : 0, start, end, &x, stats);      \
+        SEGMENT(p[t], g[t], m[t], v[t], s ? s[t] : 0, prev ? prev[t] : 0, start, end, &x,     \
+                stats);                                                                        \
     }                                                                                          \
 }
 
@@ -158,7 +179,7 @@ void NAME(int64_t n, int64_t members, T **p, T **g, T **m, T **v, T **s, T **pre
             int64_t b = end - off < rows ? end - off : rows;                                   \
             x.b1 = b1[k]; x.b2 = b2[k]; x.b3 = b3[k]; x.decay = decay[k];                      \
             x.c = c[t][k]; x.eps = eps[t][k]; x.scale = scale[t][k];                           \
-            SEGMENT(p[t] + off, g[t] + off, m[t] + off, v[t] + off, s[t] + off,                \
+            SEGMENT(p[t] + off, g[t] + off, m[t] + off, v[t] + off, s ? s[t] + off : 0,        \
                     prev ? prev[t] + off : 0, a, b, &x, stats ? stats + 5 * k : 0);            \
         }                                                                                      \
     }                                                                                          \

@@ -278,7 +278,7 @@ def member_cpu_update(
     grads: list[Tensor],
     exp_avgs: list[Tensor],
     exp_avg_sqs: list[Tensor],
-    exp_avg_lrs: list[Tensor],
+    exp_avg_lrs: list[Tensor] | None,
     prev_grads: list[Tensor] | None,
     *,
     members: int,
@@ -299,10 +299,14 @@ def member_cpu_update(
     elements belongs to member i // (n / K): the kernel derives it, with no slicing here.
     c[t], eps[t], scale[t] are the K values for tensor t (tensors of one step count pass the
     same sequences, which are then converted once); beta1..decay hold one value per member.
+    exp_avg_lrs None is Adam (β3 taken as 0, no bound state; neither DiffMod nor stats).
     """
+    if exp_avg_lrs is None and (prev_grads is not None or with_stats):
+        raise ValueError("exp_avg_lrs: None (Adam) takes neither prev_grads nor stats")
     fn = _kernel(params[0].dtype, "member_update")
     grads = [g if g.is_contiguous() else g.contiguous() for g in grads]
-    arrays = [_pointers(ts) for ts in (params, grads, exp_avgs, exp_avg_sqs, exp_avg_lrs)]
+    arrays = [_pointers(ts) for ts in (params, grads, exp_avgs, exp_avg_sqs)]
+    bounds = None if exp_avg_lrs is None else _pointers(exp_avg_lrs)
     prev = _pointers(prev_grads) if prev_grads is not None else None
     numels = [p.numel() for p in params]
     sizes = (ctypes.c_int64 * len(numels))(*numels)
@@ -320,14 +324,32 @@ def member_cpu_update(
         len(params),
         members,
         *arrays,
+        bounds,
         prev,
         sizes,
         per_tensor(c),
         per_tensor(eps),
         per_tensor(scale),
-        *(_doubles(x) for x in (beta1, beta2, beta3, decay)),
+        *(_constant_doubles(x) for x in (beta1, beta2, beta3, decay)),
     )
     stats = _launch(
         fn, head, sum(numels), _friction(maximize, version), 5 * members if with_stats else None
     )
     return None if stats is None else _reduce(stats.view(-1, members, 5))
+
+
+# Member values that stay the same from step to step (betas; decay without a schedule), as
+# ctypes arrays by value: a pack's step then converts only its step-dependent scalars.
+_CONSTANTS: dict[tuple[float, ...], ctypes.Array] = {}
+_MAX_CONSTANTS = 64
+
+
+def _constant_doubles(values: Sequence[float]) -> ctypes.Array:
+    """_doubles(values), kept for the next step with the same values (read-only to the kernel)."""
+    key = tuple(values)
+    array = _CONSTANTS.get(key)
+    if array is None:
+        if len(_CONSTANTS) >= _MAX_CONSTANTS:
+            _CONSTANTS.clear()  # a schedule's changing decay: never more than a few live keys
+        array = _CONSTANTS[key] = _doubles(key)
+    return array

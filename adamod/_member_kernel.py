@@ -50,28 +50,35 @@ def member_scalars(
 
 def kernel_fits(tensors: Tensors, i: int) -> bool:
     """Whether the kernel can update tensor i in place (contiguous CPU float32/float64)."""
-    prev = tensors.prev_grads
+    prev, bounds = tensors.prev_grads, tensors.exp_avg_lrs
     return _cpu_kernel.eligible(
         tensors.params[i],
         tensors.exp_avgs[i],
         tensors.exp_avg_sqs[i],
-        tensors.exp_avg_lrs[i],
+        None if bounds is None else bounds[i],
         None if prev is None else prev[i],
     )
 
 
 def kernel_update(tensors: Tensors, h: MemberHyper, tracker: BoundTracker | None) -> None:
-    """Update same-dtype kernel-eligible tensors, all members, in one kernel call."""
+    """Update same-dtype kernel-eligible tensors, all members, in one kernel call.
+
+    A pack calls this once per step, between its backward passes: every Python operation here
+    runs with cold caches, so the scalars are built from plain lists (one host read per
+    hyperparameter) and only the step-dependent ones are recomputed."""
     params, grads, exp_avgs, exp_avg_sqs, exp_avg_lrs, prev_grads, state_steps = tensors
     torch._foreach_add_(state_steps, 1.0)
     steps = torch.stack(state_steps).tolist()  # CPU step tensors: one call, no device sync
-    values = torch.broadcast_tensors(h.beta1, h.beta2, h.beta3, h.lr, h.eps, h.weight_decay)
-    beta1, beta2, beta3, lr, eps, wd = torch.stack(values).tolist()  # one read of every member
+    beta1, beta2, beta3, lr, eps, wd = h.lists()
     by_step = {
         st: member_scalars(st, beta1=beta1, beta2=beta2, lr=lr, eps=eps, form=h.form)
         for st in set(steps)
     }
     per_tensor = [by_step[st] for st in steps]  # tensors of one step count share the lists
+    if any(wd):
+        decay = [1.0 - lr_k * wd_k for lr_k, wd_k in zip(lr, wd, strict=True)]
+    else:
+        decay = [1.0] * h.members  # 1 - lr·0 is 1.0 exactly
     stats = _cpu_kernel.member_cpu_update(
         params,
         grads,
@@ -86,7 +93,7 @@ def kernel_update(tensors: Tensors, h: MemberHyper, tracker: BoundTracker | None
         beta1=beta1,
         beta2=beta2,
         beta3=beta3,
-        decay=[1.0 - lr_k * wd_k for lr_k, wd_k in zip(lr, wd, strict=True)],
+        decay=decay,
         maximize=h.maximize,
         version=h.version,
         with_stats=tracker is not None,

@@ -13,13 +13,14 @@ from torch import Tensor
 
 
 class Tensors(NamedTuple):
-    """The lists one update works on; prev_grads is None for AdaMod."""
+    """The lists one update works on; prev_grads is None for AdaMod, exp_avg_lrs None only for
+    Adam through the member kernel (adamod._adam_kernel)."""
 
     params: list[Tensor]
     grads: list[Tensor]
     exp_avgs: list[Tensor]
     exp_avg_sqs: list[Tensor]
-    exp_avg_lrs: list[Tensor]
+    exp_avg_lrs: list[Tensor] | None  # None: Adam through the kernel (no bound state)
     prev_grads: list[Tensor] | None
     state_steps: list[Tensor]
 
@@ -44,6 +45,17 @@ class MemberHyper:
     form: str
     version: int | None
     maximize: bool
+
+    def lists(self) -> tuple[list[float], ...]:
+        """beta1, beta2, beta3, lr, eps and weight_decay as K Python floats each (a (1,) value
+        repeated): the kernel path's scalars, read from the host in one conversion per value."""
+        k = self.members
+        values = (self.beta1, self.beta2, self.beta3, self.lr, self.eps, self.weight_decay)
+        out = []
+        for value in values:
+            floats = value.tolist()
+            out.append(floats * k if len(floats) == 1 else floats)
+        return tuple(out)
 
     def decay(self) -> Tensor | None:
         """1 - lr·wd per member, or None when no member decays (CPU tensors: no device sync)."""

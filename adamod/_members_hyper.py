@@ -136,11 +136,35 @@ def member_values(value: float | Tensor) -> Tensor:
     """A hyperparameter as a float64 CPU tensor: (K,) for member values, (1,) for a scalar.
 
     float64 so that what is derived from it on the host (bias corrections, 1 - β) is computed
-    as exactly as the scalar path's Python floats.
+    as exactly as the scalar path's Python floats. The result is only read, never written:
+    a value that is one already is returned as it is, and scalars come from a cache (a pack's
+    step asks for six of these, and each new tensor costs more than its maths).
     """
     if isinstance(value, Tensor):
+        if (
+            value.dtype == torch.float64
+            and value.dim() == 1
+            and value.device.type == "cpu"
+            and not value.requires_grad
+        ):
+            return value
         return value.detach().to("cpu", torch.float64).reshape(-1)
-    return torch.tensor([float(value)], dtype=torch.float64)
+    return _scalar_values(float(value))
+
+
+_SCALARS: dict[str, Tensor] = {}
+
+
+def _scalar_values(value: float) -> Tensor:
+    """A (1,) float64 tensor of `value`, shared by every caller (never written to). Keyed by
+    the float's hex form, which tells -0.0 from 0.0 (equal as dict keys)."""
+    key = value.hex()
+    tensor = _SCALARS.get(key)
+    if tensor is None:
+        if len(_SCALARS) >= 256:
+            _SCALARS.clear()
+        tensor = _SCALARS[key] = torch.tensor([value], dtype=torch.float64)
+    return tensor
 
 
 def member_shape(values: Tensor, param: Tensor) -> tuple[int, ...]:

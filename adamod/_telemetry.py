@@ -98,18 +98,39 @@ def member_partial_bound_stats(eta: Tensor, exp_avg_lr: Tensor, members: int) ->
     )
 
 
-def _rows(sums: Tensor, maxes: Tensor, numel: float) -> Tensor:
-    """STAT_KEYS columns from summed and maxed partials (last dim of 5)."""
-    return torch.stack(
-        [
-            sums[..., 0] / numel,
-            maxes[..., 2],
-            sums[..., 1] / numel,
-            maxes[..., 4],
-            sums[..., 3] / numel,
-        ],
-        dim=-1,
-    )
+# A row's STAT_KEYS from the partials' columns [active, Σ η, max η, Σ eff, max eff]: which
+# column each key reads, whether from the maxima (else the sums), and whether it is a mean.
+_ROW_COLUMNS = (0, 2, 1, 4, 3)
+_FROM_MAXES = (False, False, True, False, True)
+_MEANS = (True, False, True, False, True)
+
+
+class _RowMaths:
+    """A row's constants (STAT_KEYS) as tensors on one device, for one element count: built
+    when either changes (not every step), so a step's rows take a few ops and no host copy."""
+
+    def __init__(self) -> None:
+        self._key: tuple[torch.device, float] | None = None
+        self._tensors: tuple[Tensor, Tensor, Tensor] | None = None
+
+    def rows(self, sums: Tensor, maxes: Tensor, numel: float, out: Tensor | None = None) -> Tensor:
+        """STAT_KEYS columns from summed and maxed partials (last dim of 5): the means are the
+        sums divided by numel, the maxima divided by 1.0 (exact); `maxes is sums` (one partial)
+        skips the choice between them. Writes into `out` when given."""
+        key = (sums.device, numel)
+        if self._key != key or self._tensors is None:
+            device = sums.device
+            self._tensors = (
+                torch.tensor(_ROW_COLUMNS, device=device),
+                torch.tensor(_FROM_MAXES, device=device),
+                torch.tensor([numel if m else 1.0 for m in _MEANS], dtype=torch.float64,
+                             device=device),
+            )  # fmt: skip
+            self._key = key
+        columns, from_maxes, divisor = self._tensors
+        raw = sums if maxes is sums else torch.where(from_maxes, maxes, sums)
+        picked = raw.index_select(-1, columns)
+        return torch.div(picked, divisor) if out is None else torch.div(picked, divisor, out=out)
 
 
 class BoundTracker:
@@ -131,6 +152,8 @@ class BoundTracker:
         self._member_partials: list[Tensor] = []
         self._member_numel = 0  # elements per member in this step
         self._members: int | None = None
+        self._row_maths = _RowMaths()
+        self._member_row_maths = _RowMaths()
 
     def reset(self) -> None:
         """Forget every recorded step."""
@@ -196,7 +219,11 @@ class BoundTracker:
         self._step = max(self._step, step)
 
     def end_step(self) -> None:
-        """Reduce the partials of this step into one row (and member rows); no host sync."""
+        """Reduce the partials of this step into one row (and member rows); no host sync.
+
+        Called once per optimizer step, between a pack's backward passes (cold caches): a
+        step's rows are a few ops (`_RowMaths`), written in place into the preallocated
+        chunks, and a step's one partial is used as it is rather than stacked and reduced."""
         if not self._partials and not self._member_partials:
             return
         device = (self._partials or self._member_partials)[0].device
@@ -211,13 +238,12 @@ class BoundTracker:
             sums = sums + sums_maxes[1][0]
             maxes = torch.maximum(maxes, sums_maxes[1][1])
         n = float(self._numel)  # Python scalars: no host-to-device copy
-        row = _rows(sums, maxes, n)
         index = len(self._steps) % _CHUNK_ROWS
         if index == 0:
             self._chunks.append(
                 torch.empty(_CHUNK_ROWS, len(STAT_KEYS), dtype=torch.float64, device=device)
             )
-        self._chunks[-1][index].copy_(row)
+        self._row_maths.rows(sums, maxes, n, out=self._chunks[-1][index])
         self._steps.append(self._step)
         self._partials = []
         self._numel = 0
@@ -226,10 +252,13 @@ class BoundTracker:
         self, device: torch.device, sums_maxes: list[tuple[Tensor, Tensor]]
     ) -> None:
         """Store this step's member rows; append the members' totals for the aggregate row."""
-        stacked = torch.stack([p.to(device, non_blocking=True) for p in self._member_partials])
-        sums, maxes = stacked.sum(0), stacked.amax(0)  # (K, 5): over tensors, never members
-        rows = _rows(sums, maxes, float(self._member_numel))
-        members = rows.shape[0]
+        parts = [p.to(device, non_blocking=True) for p in self._member_partials]
+        if len(parts) == 1:  # one kernel call's partials: their own sums and maxima
+            sums = maxes = parts[0]
+        else:
+            stacked = torch.stack(parts)
+            sums, maxes = stacked.sum(0), stacked.amax(0)  # (K, 5): over tensors, never members
+        members = sums.shape[0]
         index = len(self._member_steps) % _CHUNK_ROWS
         if index == 0:
             self._member_chunks.append(
@@ -237,7 +266,9 @@ class BoundTracker:
                     _CHUNK_ROWS, members, len(STAT_KEYS), dtype=torch.float64, device=device
                 )
             )
-        self._member_chunks[-1][index].copy_(rows)
+        self._member_row_maths.rows(
+            sums, maxes, float(self._member_numel), out=self._member_chunks[-1][index]
+        )
         self._member_steps.append(self._step)
         sums_maxes.append((sums.sum(0), maxes.amax(0)))
         self._numel += members * self._member_numel

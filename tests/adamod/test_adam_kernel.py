@@ -98,3 +98,51 @@ def test_tensors_the_kernel_cannot_take_follow_the_foreach_path_to_the_same_resu
     b = _train_members(name, True, strided, F64)
     for x, y in zip(a, b, strict=True):
         torch.testing.assert_close(x.detach(), y.detach(), rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_adam_mode_is_the_kernel_with_beta3_zero_bit_for_bit(dtype: torch.dtype) -> None:
+    """The kernel's Adam mode (no s_t array) against the same kernel with β3 = 0 and an s_t
+    array, one holding zeros and one holding NaN and inf: with β3 = 0, min(η, s_t) is η itself
+    whatever s_{t-1} was, so all three must agree to the bit, for float32 and float64."""
+    gen = torch.Generator().manual_seed(5)
+    init = [torch.randn(s, generator=gen, dtype=F64).to(dtype) for s in SHAPES]
+    grads = [[torch.randn(s, generator=gen, dtype=F64).to(dtype) for s in SHAPES] for _ in range(5)]
+    k = SHAPES[0][0]
+    values = {
+        "c": [[1e-3 * (j + 1) for j in range(k)]] * len(SHAPES),
+        "eps": [[1e-8 * (j + 1) for j in range(k)]] * len(SHAPES),
+        "scale": [[1.0 + 0.1 * j for j in range(k)]] * len(SHAPES),
+        "beta1": BETA1.tolist(),
+        "beta2": BETA2.tolist(),
+        "beta3": [0.0] * k,
+        "decay": [1.0 - 1e-3 * j for j in range(k)],
+    }
+    runs = []
+    for bounds in (None, 0.0, float("nan"), float("inf")):
+        params = [t.clone() for t in init]
+        m = [torch.zeros_like(t) for t in init]
+        v = [torch.zeros_like(t) for t in init]
+        s = None if bounds is None else [torch.full_like(t, bounds) for t in init]
+        for step in grads:
+            _cpu_kernel.member_cpu_update(
+                params, step, m, v, s, None, members=k, **values, maximize=False,
+                version=None, with_stats=False,
+            )  # fmt: skip
+        runs.append((params, m, v))
+    first = runs[0]
+    assert all(torch.isfinite(p).all() for p in first[0])
+    for other in runs[1:]:
+        for a, b in zip(first, other, strict=True):
+            for x, y in zip(a, b, strict=True):
+                assert torch.equal(x, y)
+
+
+def test_adam_mode_takes_no_friction_and_no_stats() -> None:
+    params = [torch.zeros(2, 3)]
+    with pytest.raises(ValueError, match="exp_avg_lrs"):
+        _cpu_kernel.member_cpu_update(
+            params, params, params, params, None, None, members=2, c=[[1.0, 1.0]],
+            eps=[[1.0, 1.0]], scale=[[1.0, 1.0]], beta1=[0.9] * 2, beta2=[0.9] * 2,
+            beta3=[0.0] * 2, decay=[1.0] * 2, maximize=False, version=None, with_stats=True,
+        )  # fmt: skip
