@@ -8,11 +8,6 @@ imports adamod and loads its C kernel. A worker's trainer child calls `warm_up()
 starts, while its supervisor is still registering and polling, so that a study's first trial or
 pack does not carry these seconds.
 
-After the warm-up the child freezes what it has built so far (`freeze_long_lived_objects`):
-torch, optuna, SQLAlchemy and the rest are ~340,000 objects that Python's cyclic collector
-would otherwise walk in every full collection, and a pack's results (lists per member) trigger
-one: 170 ms in the middle of a 20-member pack, a third of its training time.
-
 It also keeps freed memory in the process (`keep_freed_memory`): glibc hands every block over
 128 KiB straight back to the kernel until it has seen a few freed, so a fresh process's first
 pack had each step's temporaries (a K = 64 digits pack: megabytes) mapped and page-faulted in
@@ -22,14 +17,13 @@ afresh, 67,000 minor faults and a tenth of a second more than the same pack run 
 from __future__ import annotations
 
 import ctypes
-import gc
 import sys
 
 import torch
 from torch.func import vmap
 from torch.nn import functional as F
 
-__all__ = ["freeze_long_lived_objects", "keep_freed_memory", "warm_up"]
+__all__ = ["keep_freed_memory", "warm_up"]
 
 # glibc's mallopt parameters (malloc.h) and the values a trainer process uses: blocks up to
 # 64 MiB come from the heap, and up to 256 MiB of freed heap stays mapped for the next step.
@@ -64,16 +58,6 @@ def _member_step(weight: torch.Tensor) -> None:
     member = weight.detach().clone().requires_grad_(True)
     member.grad = torch.zeros_like(member)
     AdaMod([member], lr=torch.tensor([0.1, 0.2], dtype=torch.float64), beta3=0.999).step()
-
-
-def freeze_long_lived_objects() -> int:
-    """Collect once, then move every object alive now into the collector's permanent
-    generation (gc.freeze): later full collections walk only what was made afterwards. For a
-    long-running process once its imports are done; the objects frozen are the modules,
-    functions and caches it keeps anyway. Returns how many were frozen."""
-    gc.collect()
-    gc.freeze()
-    return gc.get_freeze_count()
 
 
 def keep_freed_memory() -> bool:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from studies.db.engine import Database
 from studies.db.packs import MAX_PACK_SIZE, check_pack_size
 from studies.db.queue import ClaimedTrial, buffer_evaluation, record_evaluations
+from workers.gc_freeze import freeze_long_lived_objects
 
 if TYPE_CHECKING:
     from studies.spec import TrialConfig
@@ -28,6 +29,14 @@ __all__ = ["AUTO", "PackReport", "PackSizer", "check_pack_size_option", "parse_p
 
 log = logging.getLogger("workers")
 AUTO = "auto"
+# what PackSizer.warm sizes: a built-in workload with no data to load
+_WARM_CONFIG = {
+    "workload": "quadratic",
+    "optimizer": "adamod",
+    "lr": 1e-3,
+    "beta3": 0.999,
+    "budget": {"steps": 1},
+}
 
 
 def parse_pack_size(text: str) -> int | None:
@@ -64,20 +73,28 @@ class PackSizer:
         self._sizes: dict[str, int] = {}
 
     def warm(self) -> None:
-        """Pay the sizing's one-time imports now (the pack runner, the workload registry:
-        about 35 ms), in a background thread, rather than inside the first pack's claim,
-        between its lead and its mates. Nothing with --pack-size 1, which never sizes."""
+        """Pay the sizing's one-time costs now (the pack runner's and the workload registry's
+        imports, a first sizing: about 60 ms), in a background thread, rather than inside the
+        first pack's claim, between its lead and its mates, then freeze what they made
+        (workers.gc_freeze). Nothing with --pack-size 1, which never sizes."""
         if self.pack_size == 1:
             return
 
         def load() -> None:
             try:
-                import studies.pack  # noqa: F401 - imported for its side effect: loaded
+                from studies.pack import auto_pack_size
+                from studies.spec import TrialConfig
                 from studies.workloads.registry import list_workloads
 
                 list_workloads()
+                # One sizing of the smallest built-in workload pays the sizing path's first-time
+                # costs (numpy.random's import, torch's first ops: 25 ms), which the first real
+                # sizing would pay inside its claim's transaction, holding the database's lock.
+                auto_pack_size(TrialConfig.model_validate(_WARM_CONFIG), self.device)
             except Exception as exc:  # the first size_for meets (and reports) it again
                 log.debug("warming the pack sizer failed: %s", exc)
+                return
+            freeze_long_lived_objects()  # torch's objects too, now they are imported
 
         threading.Thread(target=load, name="pack-sizer-warm", daemon=True).start()
 

@@ -237,7 +237,8 @@ def _child_main(conn: Connection, parent_pid: int, log_level: int) -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     from studies.pack import run_pack
     from studies.trial import run_trial
-    from studies.warm import freeze_long_lived_objects, warm_up
+    from studies.warm import warm_up
+    from workers.gc_freeze import freeze_long_lived_objects
 
     warm_up()  # the first optimizer's and vmap's lazy imports, before any trial waits on them
     freeze_long_lived_objects()  # full collections then skip torch's and optuna's objects

@@ -46,10 +46,12 @@ from studies.db.queue import (
 )
 from studies.db.reuse import find_reusable
 from workers.devices import select_device
+from workers.gc_freeze import freeze_long_lived_objects
 from workers.heartbeat import Heartbeat
 from workers.packing import PackReport, PackSizer, check_pack_size_option
 from workers.retry import RetryGaveUp, with_retries
 from workers.trainer import Trainer, TrainerDied, TrainerStopped, TrainingError, TrainingJob
+from workers.wakeup import IdleWait
 
 if TYPE_CHECKING:
     from studies.db.registry import WorkerIdentity
@@ -171,6 +173,7 @@ class Worker:
         # is invalidated, and with_retries runs it again on a fresh connection.
         self.db = Database(options.database_url, pre_ping=False)
         self.shutdown = threading.Event()
+        self._idle = IdleWait(options.database_url, self.shutdown)
         self.trials_run = 0
         self.sizer = PackSizer(options.pack_size, self.device)
         self.trainer = Trainer(log_level=log.getEffectiveLevel())
@@ -299,6 +302,7 @@ class Worker:
                 ),
                 "register",
             )
+            freeze_long_lived_objects()  # SQLAlchemy's, optuna's and alembic's objects
             heartbeat = Heartbeat(
                 self.db,
                 interval_s=self.options.lease_seconds / 3,
@@ -330,7 +334,7 @@ class Worker:
                 if self.options.exit_when_idle and self._drained():
                     log.info("queue drained: exiting")
                     break
-                self.shutdown.wait(self.options.idle_poll_s)
+                self._idle.wait(self.options.idle_poll_s)  # or until a SQLite file is written
                 continue
             claimed = self._pack_for(claim)
             self.trials_run += len(claimed)
