@@ -5,14 +5,15 @@ Four measurements, each printed as a ratio against a baseline measured in the sa
 1. end to end: the quick preset (studies/presets/quick.yaml) through `adamod-lab up` (the API
    plus 2 workers on a fresh SQLite file, the machine's cores shared as in production), from
    submission to the last trial finished (its stored finished_at), with `--pack-size 1` (one
-   trial at a time) against the default (`auto`, packs of up to 64);
+   trial at a time) against the default (`auto`, packs of up to 64), in --repeats pairs (the
+   median ratio is the figure);
 2. trials per second of `run_pack` at K = 1, 4, 16, 64 members, against `run_trial` one after
    the other, for digits_mlp (its quick-preset budget) and tiny_transformer (a short budget);
 3. the compute floor: K MLPs' batched forward and backward alone (benchmarks/pack_floor.py),
    the most any pack runner could reach on this CPU, against run_trial one by one;
 4. the per-member optimizer step at K members against K scalar steps (benchmarks/member_step.py).
 
-    .venv/bin/python benchmarks/packs.py            # everything (a few minutes on 2 cores)
+    .venv/bin/python benchmarks/packs.py            # everything (about 5 minutes on 2 cores)
     .venv/bin/python benchmarks/packs.py --skip-e2e # 2, 3 and 4 only
 
 Target (issue 8): the quick preset >= 10x faster packed, on the 2-core development machine.
@@ -32,6 +33,7 @@ sys.path.insert(0, str(_HERE.parent))
 import argparse
 import contextlib
 import os
+import statistics
 import subprocess
 import tempfile
 import time
@@ -128,6 +130,24 @@ def run_up(pack_size: str, spec: Path, workers: int = 2, timeout_s: float = 900.
             log.close()
 
 
+def end_to_end_ratios(spec: Path, repeats: int) -> list[float]:
+    """`repeats` pairs of end-to-end runs, --pack-size 1 then auto (every other pair the other
+    way round); the ratio of each pair, alone / packed.
+
+    In pairs, because this machine's speed drifts from minute to minute with its neighbours'
+    use of the memory bus (its memory bandwidth measured 27-35 GB/s within one hour): a pack's
+    step streams every member's parameters and optimizer state, one trial's fits in its core's
+    cache, so a drift moves the packed run and not the baseline. Each ratio compares runs a
+    few seconds apart, and the median of several is what a drift moves least."""
+    ratios = []
+    for index in range(repeats):
+        order = ("1", "auto") if index % 2 == 0 else ("auto", "1")
+        seconds = {mode: run_up(mode, spec) for mode in order}
+        ratios.append(seconds["1"] / seconds["auto"])
+        print(f"  pair {index + 1}: {ratios[-1]:.1f}x", flush=True)
+    return ratios
+
+
 def trials_per_second(workload: str, budget: dict[str, Any], k_values: list[int]) -> None:
     """run_pack at each K against run_trial one by one, on one thread."""
     import torch
@@ -200,14 +220,24 @@ def main() -> None:
     parser.add_argument("--skip-e2e", action="store_true", help="skip the adamod-lab up runs")
     parser.add_argument("--spec", type=Path, default=QUICK, help="spec for the end-to-end runs")
     parser.add_argument("--k", type=int, nargs="+", default=[1, 4, 16, 64])
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="end-to-end pairs (--pack-size 1, auto) to run"
+    )
     args = parser.parse_args()
     warnings.simplefilter("ignore")
 
     if not args.skip_e2e:
-        print(f"1. {args.spec.name} end to end through adamod-lab up, 2 workers:", flush=True)
-        alone = run_up("1", args.spec)
-        packed = run_up("auto", args.spec)
-        print(f"  packed is {alone / packed:.1f}x faster (target >= 10x)", flush=True)
+        print(
+            f"1. {args.spec.name} end to end through adamod-lab up, 2 workers, "
+            f"{args.repeats} pair(s):",
+            flush=True,
+        )
+        ratios = end_to_end_ratios(args.spec, args.repeats)
+        print(
+            f"  packed is {statistics.median(ratios):.1f}x faster, the median of "
+            f"{', '.join(f'{r:.1f}x' for r in ratios)} (target >= 10x)",
+            flush=True,
+        )
 
     print("2. trials per second, one thread:", flush=True)
     trials_per_second("digits_mlp", {"epochs": 10}, args.k)
