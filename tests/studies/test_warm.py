@@ -2,26 +2,17 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import textwrap
 
 import pytest
 
 from studies.spec import TrialConfig
-
-
-def _fresh(code: str) -> str:
-    """Run `code` in a fresh interpreter (lazy imports are per process); its stdout."""
-    done = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout.strip()
+from tests.fresh_interpreter import run_fresh
 
 
 def test_warm_up_imports_what_the_first_optimizer_would_import() -> None:
-    out = _fresh(
+    out = run_fresh(
         """
         import sys
         import torch
@@ -51,8 +42,8 @@ def test_warm_up_leaves_the_random_streams_and_a_trial_result_alone() -> None:
         same = bool(torch.equal(state, torch.random.get_rng_state()))
         print(json.dumps([same, [[p.val_loss, p.train_loss] for p in run_trial(config).curve]]))
         """
-    cold = _fresh("WARM = False\n" + textwrap.dedent(code))
-    warm = _fresh("WARM = True\n" + textwrap.dedent(code))
+    cold = run_fresh("WARM = False\n" + textwrap.dedent(code))
+    warm = run_fresh("WARM = True\n" + textwrap.dedent(code))
     assert warm.startswith("[true,"), warm
     assert warm == cold  # the same curve, to the bit (floats printed in full by json)
 
@@ -75,8 +66,8 @@ def test_keep_freed_memory_stops_refaulting_the_same_temporaries() -> None:
     is mapped for its allocation and unmapped at its free, so 30 rounds fault its pages in 30
     times; kept in the heap, the first two rounds do (up to six seen: the heap may have to
     move). Smaller blocks show it only until glibc adapts: a fresh trainer's first pack."""
-    kept, faults_kept = _fresh(_FAULTS_OF_REPEATED_ALLOCATIONS.format(keep=True)).split()
-    _, faults_default = _fresh(_FAULTS_OF_REPEATED_ALLOCATIONS.format(keep=False)).split()
+    kept, faults_kept = run_fresh(_FAULTS_OF_REPEATED_ALLOCATIONS.format(keep=True)).split()
+    _, faults_default = run_fresh(_FAULTS_OF_REPEATED_ALLOCATIONS.format(keep=False)).split()
     assert kept == "True"
     assert int(faults_default) > 25 * _PAGES  # what is fixed: every round refaults
     assert int(faults_kept) < 12 * _PAGES

@@ -3,25 +3,14 @@ what it makes later."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import textwrap
-
-
-def _fresh(code: str) -> str:
-    """Run `code` in a fresh interpreter; its stdout."""
-    done = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout.strip()
+from tests.fresh_interpreter import run_fresh
 
 
 def test_freezing_leaves_full_collections_only_the_objects_made_afterwards() -> None:
     """After freeze_long_lived_objects, a full collection walks none of the imported modules'
     objects (gc.get_objects(2) holds only what was made later), and a cycle made afterwards
     is still collected."""
-    out = _fresh(
+    out = run_fresh(
         """
         import gc, weakref
         import torch, optuna
