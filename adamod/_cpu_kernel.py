@@ -12,6 +12,7 @@ them (ctypes releases the GIL).
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import os
 import shutil
@@ -330,7 +331,7 @@ def member_cpu_update(
         per_tensor(c),
         per_tensor(eps),
         per_tensor(scale),
-        *(_constant_doubles(x) for x in (beta1, beta2, beta3, decay)),
+        *(_constant_doubles(tuple(x)) for x in (beta1, beta2, beta3, decay)),
     )
     stats = _launch(
         fn, head, sum(numels), _friction(maximize, version), 5 * members if with_stats else None
@@ -338,18 +339,9 @@ def member_cpu_update(
     return None if stats is None else _reduce(stats.view(-1, members, 5))
 
 
-# Member values that stay the same from step to step (betas; decay without a schedule), as
-# ctypes arrays by value: a pack's step then converts only its step-dependent scalars.
-_CONSTANTS: dict[tuple[float, ...], ctypes.Array] = {}
-_MAX_CONSTANTS = 64
-
-
-def _constant_doubles(values: Sequence[float]) -> ctypes.Array:
-    """_doubles(values), kept for the next step with the same values (read-only to the kernel)."""
-    key = tuple(values)
-    array = _CONSTANTS.get(key)
-    if array is None:
-        if len(_CONSTANTS) >= _MAX_CONSTANTS:
-            _CONSTANTS.clear()  # a schedule's changing decay: never more than a few live keys
-        array = _CONSTANTS[key] = _doubles(key)
-    return array
+@functools.lru_cache(maxsize=64)
+def _constant_doubles(values: tuple[float, ...]) -> ctypes.Array:
+    """_doubles(values), kept for the next step with the same values (read-only to the kernel):
+    member values that stay the same from step to step (betas; decay without a schedule), so a
+    pack's step converts only its step-dependent scalars."""
+    return _doubles(values)

@@ -149,22 +149,14 @@ def member_values(value: float | Tensor) -> Tensor:
         ):
             return value
         return value.detach().to("cpu", torch.float64).reshape(-1)
-    return _scalar_values(float(value))
+    return _scalar_values(float(value).hex())
 
 
-_SCALARS: dict[str, Tensor] = {}
-
-
-def _scalar_values(value: float) -> Tensor:
-    """A (1,) float64 tensor of `value`, shared by every caller (never written to). Keyed by
-    the float's hex form, which tells -0.0 from 0.0 (equal as dict keys)."""
-    key = value.hex()
-    tensor = _SCALARS.get(key)
-    if tensor is None:
-        if len(_SCALARS) >= 256:
-            _SCALARS.clear()
-        tensor = _SCALARS[key] = torch.tensor([value], dtype=torch.float64)
-    return tensor
+@functools.lru_cache(maxsize=256)
+def _scalar_values(value_hex: str) -> Tensor:
+    """A (1,) float64 tensor of the float written `value_hex`, shared by every caller (never
+    written to). Keyed by the hex form, which tells -0.0 from 0.0 (equal as cache keys)."""
+    return torch.tensor([float.fromhex(value_hex)], dtype=torch.float64)
 
 
 def member_shape(values: Tensor, param: Tensor) -> tuple[int, ...]:
