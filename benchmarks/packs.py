@@ -49,7 +49,10 @@ def _adamod_lab() -> list[str]:
     return [sys.executable, "-m", "service.cli"]
 
 
-WARM_S = 6.0  # a trainer child's imports and warm-up take about 4 s on one quiet core
+# After every trainer child logged that it is ready (imports and warm-up: about 4 s on one
+# quiet core, more when the API and all workers start on 2 cores at once), how long to let the
+# workers' own background warm-up (pack sizing, garbage-collector freeze) finish.
+SETTLE_S = 1.0
 # How often the client asks whether the study is done. The time measured is not the poll's but
 # the last trial's own finished_at (the workers' clock, this machine's): polling every 0.2 s
 # would add up to 0.2 s to a 2-s run, and polling faster would take CPU from the trainers.
@@ -73,6 +76,16 @@ def _wait_for_workers(client: Any, n: int, timeout_s: float = 120.0) -> None:
     while len(client.request("GET", "/workers").json()) < n:
         if time.monotonic() > deadline:
             raise TimeoutError(f"fewer than {n} workers registered in {timeout_s:g} s")
+        time.sleep(0.2)
+
+
+def _wait_for_trainers(log: Path, n: int, timeout_s: float = 120.0) -> None:
+    """Until `n` trainer children logged "trainer ready" in adamod-lab up's log: a study
+    submitted earlier would time a trainer's imports (seconds) instead of its training."""
+    deadline = time.monotonic() + timeout_s
+    while log.read_text(errors="replace").count("trainer ready") < n:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"fewer than {n} trainers ready in {timeout_s:g} s")
         time.sleep(0.2)
 
 
@@ -101,10 +114,12 @@ def run_up(pack_size: str, spec: Path, workers: int = 2, timeout_s: float = 900.
                 )
             client = Client(url)
             _wait_for_workers(client, workers)
-            time.sleep(WARM_S)  # their trainer children import torch and warm up meanwhile
+            _wait_for_trainers(Path(tmp) / "up.log", workers)
+            time.sleep(SETTLE_S)
+            body = read_spec_file(spec)  # the client's own file reading is not the service's
             started = time.perf_counter()
             submitted_at = datetime.now(UTC)
-            study = client.submit(read_spec_file(spec))
+            study = client.submit(body)
             while True:
                 status = client.study(study["id"])
                 if status["status"] in ("completed", "failed", "cancelled"):

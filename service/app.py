@@ -19,6 +19,7 @@ from service.settings import Settings
 from service.version import __version__
 from studies.db import Database
 from studies.spec import StudySpec
+from studies.workloads.registry import list_workloads
 
 log = logging.getLogger("adamod_lab.service")
 
@@ -58,6 +59,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.db = await run_in_threadpool(open_database, settings)
+        # Every study submitted is validated against the workload registry, which imports its
+        # built-ins and plugins on first use (about 60 ms on one core): now, not in the first
+        # POST /studies, which workers are waiting on.
+        await run_in_threadpool(list_workloads)
         try:
             yield
         finally:

@@ -4,7 +4,8 @@ A new Python process that trains for the first time pays for imports that torch 
 the first optimizer constructed imports `torch._dynamo` (about 1.5 s on one core: every
 torch.optim optimizer's `add_param_group` is wrapped to disable Dynamo), and the first vmapped
 loss of a pack pays functorch's one-time set-up (about 0.4 s), and the first member-mode step
-imports adamod and loads its C kernel. A worker's trainer child calls `warm_up()` as soon as it
+imports adamod and loads its C kernel, and the first workload looked up imports the registry's
+built-ins and plugins (about 60 ms). A worker's trainer child calls `warm_up()` as soon as it
 starts, while its supervisor is still registering and polling, so that a study's first trial or
 pack does not carry these seconds.
 
@@ -33,10 +34,14 @@ TRIM_THRESHOLD_BYTES = 256 << 20
 
 
 def warm_up() -> None:
-    """Construct an optimizer and take one vmapped cross-entropy gradient on tiny tensors.
+    """Load the workload registry, construct an optimizer and take one vmapped cross-entropy
+    gradient on tiny tensors.
 
     Nothing it builds is kept and no random stream is touched (zeros only), so a trial's result
     is the same with or without it."""
+    from studies.workloads.registry import list_workloads
+
+    list_workloads()
     weight = torch.zeros(2, 3, 4, requires_grad=True)
     inputs = torch.zeros(2, 5, 4)
     targets = torch.zeros(2, 5, dtype=torch.long)

@@ -225,6 +225,7 @@ class Trainer:
 
 def _child_main(conn: Connection, parent_pid: int, log_level: int) -> None:
     """The child's whole life: warm up, then run jobs until the pipe closes."""
+    started = time.monotonic()
     _die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(
@@ -242,6 +243,9 @@ def _child_main(conn: Connection, parent_pid: int, log_level: int) -> None:
 
     warm_up()  # the first optimizer's and vmap's lazy imports, before any trial waits on them
     freeze_long_lived_objects()  # full collections then skip torch's and optuna's objects
+    # Start-up to the first trial that trains at full speed: imports and warm-up take seconds,
+    # more when several workers start on few cores at once (benchmarks/packs.py waits on this).
+    log.info("trainer ready (imports and warm-up: %.1f s)", time.monotonic() - started)
     while True:
         try:
             job: TrainingJob = conn.recv()

@@ -25,6 +25,21 @@ def test_warm_up_imports_what_the_first_optimizer_would_import() -> None:
     assert out == "False True"
 
 
+def test_warm_up_loads_the_workload_registry() -> None:
+    """A pack's first check looks its workload up: the built-ins' imports happen in warm_up."""
+    out = run_fresh(
+        """
+        import sys
+        import studies.pack
+        before = "studies.workloads.digits_mlp" in sys.modules
+        from studies.warm import warm_up
+        warm_up()
+        print(before, "studies.workloads.digits_mlp" in sys.modules)
+        """
+    )
+    assert out == "False True"
+
+
 def test_warm_up_leaves_the_random_streams_and_a_trial_result_alone() -> None:
     config = TrialConfig(
         workload="quadratic", workload_config={}, optimizer="adamod", lr=0.01, beta3=0.99,

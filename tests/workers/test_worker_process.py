@@ -22,6 +22,8 @@ def test_worker_runs_a_study_to_completion(
     view = create_study(db, noop_spec(n_lr=2, seeds=2))
     process = worker_processes.start(database_url, "--exit-when-idle", "--poll-interval", "0.2")
     assert process.wait(timeout=120) == 0, worker_processes.log(process)
+    # what benchmarks/packs.py waits on before it submits a study
+    assert "trainer ready (imports and warm-up: " in worker_processes.log(process)
     rows = trial_rows(db, view.id)
     assert [r.state for r in rows] == ["completed"] * view.n_trials
     assert all(r.attempts == 1 for r in rows)
