@@ -136,10 +136,13 @@ class Trainer:
         *,
         report: Callable[[int, EvalPoint], bool],
         watch: Callable[[], str | None],
+        meanwhile: Callable[[], None] | None = None,
     ) -> list[TrialResult]:
         """Trains `job` in the child; `report(k, point)` answers each evaluation (True: stop
         member k). `watch()` is asked every POLL_S and after each evaluation: a reason (not
-        None) kills the child and raises TrainerStopped(reason).
+        None) kills the child and raises TrainerStopped(reason). `meanwhile()`, when given, is
+        called once the job is sent (also when sending failed), while the child starts on it:
+        the supervisor's own work that training need not wait for.
 
         Raises TrainingError when the training code raised (the child lives on), TrainerDied
         when the child died, TrainerStopped when killed. Whatever else interrupts the run (the
@@ -150,7 +153,11 @@ class Trainer:
         assert conn is not None and process is not None
         finished = False
         try:
-            conn.send(job)
+            try:
+                conn.send(job)
+            finally:
+                if meanwhile is not None:
+                    meanwhile()
             while True:
                 if conn.poll(POLL_S):
                     try:

@@ -94,6 +94,10 @@ def test_pack_worker_completes_every_trial_once(
     ids = [r.id for r in rows]
     assert packs == [ids[0:4], ids[4:8], ids[8:12], ids[12:16]]  # claim order, one key each
     assert log.count("completed in") == 16 and log.count("(pack of 4)") == 16
+    # Each pack but the last is stored while the next one trains: after the next one's claim.
+    claimed_at = [log.index(f"(ids {', '.join(map(str, p))}) claimed") for p in packs]
+    stored_at = [log.index(f"trial {p[0]} completed in") for p in packs]
+    assert all(claimed_at[i + 1] < stored_at[i] for i in range(3)), log
 
 
 def test_max_trials_counts_members_and_unpackable_trials_run_alone(
