@@ -11,30 +11,22 @@ from studies.spec import TrialConfig
 from tests.fresh_interpreter import run_fresh
 
 
-def test_warm_up_imports_what_the_first_optimizer_would_import() -> None:
+@pytest.mark.parametrize(
+    ("already_imported", "lazy_module"),
+    [
+        ("torch", "torch._dynamo"),  # the first optimizer's import
+        ("studies.pack", "studies.workloads.digits_mlp"),  # a pack's first workload lookup
+    ],
+)
+def test_warm_up_pays_a_lazy_import(already_imported: str, lazy_module: str) -> None:
     out = run_fresh(
-        """
+        f"""
         import sys
-        import torch
-        before = "torch._dynamo" in sys.modules
+        import {already_imported}
+        before = "{lazy_module}" in sys.modules
         from studies.warm import warm_up
         warm_up()
-        print(before, "torch._dynamo" in sys.modules)
-        """
-    )
-    assert out == "False True"
-
-
-def test_warm_up_loads_the_workload_registry() -> None:
-    """A pack's first check looks its workload up: the built-ins' imports happen in warm_up."""
-    out = run_fresh(
-        """
-        import sys
-        import studies.pack
-        before = "studies.workloads.digits_mlp" in sys.modules
-        from studies.warm import warm_up
-        warm_up()
-        print(before, "studies.workloads.digits_mlp" in sys.modules)
+        print(before, "{lazy_module}" in sys.modules)
         """
     )
     assert out == "False True"
