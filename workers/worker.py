@@ -357,8 +357,8 @@ class Worker:
                 if last:
                     break
                 continue
-            # The next trial is claimed in the transaction that completes this one (or the
-            # pack's last member).
+            # A single trial's successor is claimed in the transaction that completes it; a
+            # pack's results are stored while the next pack trains (see _run_pack).
             if len(pack) == 1:
                 self._record_finished_pack()
                 claim = self._run_claim(claim, claim_next=not last)
