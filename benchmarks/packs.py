@@ -13,7 +13,7 @@ Four measurements, each printed as a ratio against a baseline measured in the sa
    the most any pack runner could reach on this CPU, against run_trial one by one;
 4. the per-member optimizer step at K members against K scalar steps (benchmarks/member_step.py).
 
-    .venv/bin/python benchmarks/packs.py            # everything (about 5 minutes on 2 cores)
+    .venv/bin/python benchmarks/packs.py            # everything (5 to 12 minutes on 2 cores)
     .venv/bin/python benchmarks/packs.py --skip-e2e # 2, 3 and 4 only
 
 Target (issue 8): the quick preset >= 10x faster packed, on the 2-core development machine.
